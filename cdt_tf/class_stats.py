@@ -1,0 +1,94 @@
+"""Pure NumPy facts about class sizes: imbalanced counts, temperatures, groups.
+
+Direction of every ratio in this module: the imbalance ratio is
+rho = N_max / N_min >= 1, and class index 0 is the largest class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+PROFILES = ("exp", "step", "none")
+
+# Many / medium / few shot groups by training-set size (Liu et al. 2019, the
+# convention of the long-tailed literature): > 100, 20..100, < 20 images.
+MANY_SHOT_MIN = 100
+FEW_SHOT_MAX = 20
+
+
+def imbalanced_counts(
+    num_classes: int, max_per_class: int, imbalance_ratio: float, profile: str = "exp"
+) -> list[int]:
+    """Per-class training-set sizes of an imbalanced subset.
+
+    Args:
+      num_classes: C, the number of classes.
+      max_per_class: N_max, the size of the largest class (class 0).
+      imbalance_ratio: rho = N_max / N_min >= 1.
+      profile: "exp": n_c = int(N_max * rho^(-c / (C - 1))) (long-tailed, the
+        reference code's integer truncation); "step": the first half of the
+        classes keep N_max, the rest int(N_max / rho); "none": N_max each.
+
+    Returns:
+      A list of C ints, non-increasing in the class index.
+
+    Example: `imbalanced_counts(10, 5000, 100, "exp")` is
+    [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50].
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown imbalance profile {profile!r}; use one of {PROFILES}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if max_per_class < 1:
+        raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+    if not imbalance_ratio >= 1:
+        raise ValueError(f"imbalance_ratio is N_max / N_min and must be >= 1, got {imbalance_ratio}")
+    if profile == "none" or num_classes == 1:
+        return [int(max_per_class)] * num_classes
+    if profile == "exp":
+        exponents = np.arange(num_classes) / (num_classes - 1)
+        # Python floats, as the reference code: int() truncates toward zero.
+        return [int(max_per_class * imbalance_ratio ** (-e)) for e in exponents.tolist()]
+    half = num_classes // 2
+    return [int(max_per_class)] * half + [int(max_per_class / imbalance_ratio)] * (
+        num_classes - half
+    )
+
+
+def class_temperatures(class_counts: Sequence[int], gamma: float) -> np.ndarray:
+    """CDT temperatures a_c = (N_max / N_c)^gamma (paper eq. 3).
+
+    Args:
+      class_counts: N_c for each class, shape [C].
+      gamma: >= 0; gamma = 0 gives a_c = 1 (plain ERM).
+
+    Returns:
+      float64 array [C]; a_c = 1 for the largest class, > 1 for the others when
+      gamma > 0.
+    """
+    counts = _positive_counts(class_counts)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    return (counts.max() / counts) ** gamma
+
+
+def shot_groups(class_counts: Sequence[int]) -> dict[str, np.ndarray]:
+    """Boolean masks [C] of the many (> 100), medium (20..100) and few (< 20) shot classes."""
+    counts = np.asarray(class_counts)
+    return {
+        "many": counts > MANY_SHOT_MIN,
+        "medium": (counts >= FEW_SHOT_MAX) & (counts <= MANY_SHOT_MIN),
+        "few": counts < FEW_SHOT_MAX,
+    }
+
+
+def _positive_counts(class_counts: Sequence[int]) -> np.ndarray:
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"class_counts must be a non-empty list, got shape {counts.shape}")
+    if (counts <= 0).any():
+        empty = np.flatnonzero(counts <= 0).tolist()
+        raise ValueError(f"every class needs at least one training image; classes {empty} have none")
+    return counts

@@ -1,0 +1,175 @@
+"""Command-line flags (defined once, here) and the frozen, validated Config they become.
+
+Library code takes a Config, never absl's FLAGS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+from absl import flags
+
+from cdt_tf import class_stats, datasets, input_pipeline, models
+from cdt_tf.errors import UserError
+
+LOSSES = ("ce", "cdt")
+
+
+def define_flags() -> None:
+    """Defines every flag of `python -m cdt_tf.main`. Defaults are the paper's CIFAR recipe."""
+    # Data.
+    flags.DEFINE_enum("dataset", None, datasets.DATASETS, "Dataset to train on.")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "cifar10/cifar100: the TFDS data_dir, or a folder with train/<class>/ and test/<class>/ "
+        "(read as an image folder, classes in sorted name order). image_folder: that folder.",
+    )
+    flags.DEFINE_enum(
+        "imbalance", "none", class_stats.PROFILES,
+        "Imbalance profile of the training subset: exp (long-tailed), step, or none.",
+    )
+    flags.DEFINE_float("imbalance_ratio", 1.0, "rho = N_max / N_min >= 1.")
+    flags.DEFINE_integer(
+        "max_per_class", 0, "N_max, images of the largest class (0: the smallest class size available)."
+    )
+    flags.DEFINE_integer(
+        "image_size", 0, "image_folder: resize images to this square size (0: the first image's size)."
+    )
+    flags.DEFINE_enum(
+        "augmentation", "auto", input_pipeline.AUGMENTATIONS,
+        "Training augmentation. auto: crop_flip (pad H/8, random crop, flip) except none for digits.",
+    )
+    # Model and objective.
+    flags.DEFINE_enum(
+        "model", "auto", ("auto",) + models.MODEL_NAMES,
+        "Network. auto: resnet32, or digits_convnet for digits.",
+    )
+    flags.DEFINE_enum("loss", "ce", LOSSES, "Training objective: ce (ERM) or cdt.")
+    flags.DEFINE_float("gamma", 0.0, "CDT exponent: a_c = (N_max / N_c)^gamma, >= 0.")
+    # Optimisation (the paper's CIFAR recipe).
+    flags.DEFINE_integer("epochs", 200, "Training epochs.")
+    flags.DEFINE_integer("batch_size", 128, "Global batch size (summed over replicas).")
+    flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate, reached after the warm-up.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 2e-4, "Coupled (PyTorch-style) L2 weight decay.")
+    flags.DEFINE_integer("warmup_epochs", 5, "Epochs of linear learning-rate warm-up.")
+    flags.DEFINE_list("decay_epochs", ["160", "180"], "0-based epochs at which the decays start.")
+    flags.DEFINE_list(
+        "decay_multipliers", ["0.01", "0.0001"], "Learning-rate multiplier from each decay epoch on."
+    )
+    flags.DEFINE_integer("steps_per_epoch", 0, "Optimizer steps per epoch (0: one pass over the subset).")
+    # Run.
+    flags.DEFINE_string("model_dir", None, "Run directory: config, checkpoints, logs, results.")
+    flags.DEFINE_integer("seed", 0, "Seeds the subset, Keras, NumPy, TensorFlow and every shuffle.")
+    flags.DEFINE_bool("deterministic", False, "Use deterministic TensorFlow ops (slower).")
+    flags.DEFINE_integer("eval_every", 10, "Epochs between per-class test evaluations (TensorBoard).")
+    flags.DEFINE_integer("checkpoint_every", 10, "Epochs between kept weight checkpoints.")
+    flags.mark_flags_as_required(["dataset", "model_dir"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run depends on. Build with `from_flags`, or directly and then `validate()`."""
+
+    dataset: str
+    model_dir: str
+    data_dir: str | None = None
+    imbalance: str = "none"
+    imbalance_ratio: float = 1.0
+    max_per_class: int = 0
+    image_size: int = 0
+    augmentation: str = "auto"
+    model: str = "auto"
+    loss: str = "ce"
+    gamma: float = 0.0
+    epochs: int = 200
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 5
+    decay_epochs: tuple[int, ...] = (160, 180)
+    decay_multipliers: tuple[float, ...] = (0.01, 0.0001)
+    steps_per_epoch: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 10
+    checkpoint_every: int = 10
+
+    # Fields that do not change what a run computes: a run may be resumed with others.
+    RESUMABLE_FIELDS = ("model_dir", "eval_every", "checkpoint_every")
+
+    @classmethod
+    def from_flags(cls, flag_values: flags.FlagValues) -> "Config":
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {name: flag_values[name].value for name in names}
+        try:
+            values["decay_epochs"] = tuple(int(v) for v in values["decay_epochs"])
+            values["decay_multipliers"] = tuple(float(v) for v in values["decay_multipliers"])
+        except ValueError as error:
+            raise UserError(f"--decay_epochs takes integers and --decay_multipliers numbers: {error}")
+        return cls(**values).validate()
+
+    @property
+    def model_name(self) -> str:
+        if self.model != "auto":
+            return self.model
+        return "digits_convnet" if self.dataset == "digits" else "resnet32"
+
+    @property
+    def augmentation_name(self) -> str:
+        if self.augmentation != "auto":
+            return self.augmentation
+        return "none" if self.dataset == "digits" else "crop_flip"
+
+    def validate(self) -> "Config":
+        """Raises UserError naming the first bad value and what to do; returns self."""
+        checks = [
+            (self.dataset in datasets.DATASETS, f"unknown dataset {self.dataset!r}; use one of {datasets.DATASETS}"),
+            (self.loss in LOSSES, f"unknown loss {self.loss!r}; use one of {LOSSES}"),
+            (self.imbalance in class_stats.PROFILES, f"unknown imbalance {self.imbalance!r}; use one of {class_stats.PROFILES}"),
+            (math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1,
+             f"--imbalance_ratio is N_max / N_min and must be >= 1, got {self.imbalance_ratio}"),
+            (math.isfinite(self.gamma) and self.gamma >= 0, f"--gamma must be >= 0, got {self.gamma}"),
+            (bool(self.model_dir), "--model_dir is required: the run directory for config, checkpoints and results"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (len(self.decay_epochs) == len(self.decay_multipliers),
+             f"--decay_epochs {list(self.decay_epochs)} and --decay_multipliers "
+             f"{list(self.decay_multipliers)} need the same length"),
+            (list(self.decay_epochs) == sorted(self.decay_epochs),
+             f"--decay_epochs must increase, got {list(self.decay_epochs)}"),
+            (self.max_per_class >= 0, f"--max_per_class must be >= 0, got {self.max_per_class}"),
+            (self.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}"),
+            (self.eval_every >= 1 and self.checkpoint_every >= 1, "--eval_every and --checkpoint_every must be >= 1"),
+            (self.dataset != "image_folder" or bool(self.data_dir),
+             "--dataset=image_folder needs --data_dir=<folder with train/<class>/ and test/<class>/>"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["decay_epochs"] = list(self.decay_epochs)
+        values["decay_multipliers"] = list(self.decay_multipliers)
+        return values
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def differences(self, other: dict) -> list[str]:
+        """Fields (other than RESUMABLE_FIELDS) whose values differ from a stored config dict."""
+        mine = self.to_dict()
+        return sorted(
+            key
+            for key in set(mine) | set(other)
+            if key not in self.RESUMABLE_FIELDS and mine.get(key) != other.get(key)
+        )

@@ -1,0 +1,191 @@
+"""Networks: the CIFAR ResNet family (ResNet-20/32/44/56/110) and a small digits ConvNet.
+
+Every model takes uint8-range images [batch, H, W, 3] (any real dtype) and
+normalises them itself, so the exported graph needs no outside preprocessing.
+The last Dense layer is named "classifier"; its input is the penultimate
+feature f(x) of the paper and its kernel holds the w_c.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+# PyTorch's BatchNorm2d defaults, which the reference code (LDAM-DRW) trains with:
+# running averages updated with weight 0.1 and eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# He et al. (2016) fan-in normal init, as `kaiming_normal_` in the reference code.
+KERNEL_INIT = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
+
+
+@keras.saving.register_keras_serializable(package="cdt_tf")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that trains with TensorFlow's fused kernel.
+
+    Keras 3 normalises with separate moment and normalisation ops; on CPUs the fused
+    TensorFlow kernel makes ResNet-32 training about 1.35x faster (BENCHMARKS.md).
+    Same weights, same config and the same inference path as the Keras layer, so
+    checkpoints are interchangeable; other backends fall back to the Keras code.
+    The moving variance is updated with the unbiased batch variance, as PyTorch's
+    BatchNorm2d in the reference code.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        fusable = (
+            training
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and keras.backend.backend() == "tensorflow"
+            and self.axis in (-1, len(inputs.shape) - 1)
+            and len(inputs.shape) == 4
+        )
+        if not fusable:
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # Only reached on the TensorFlow backend.
+
+        x = tf.cast(inputs, tf.float32)
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x,
+            scale=tf.cast(self.gamma, tf.float32) if self.scale else tf.ones(x.shape[-1]),
+            offset=tf.cast(self.beta, tf.float32) if self.center else tf.zeros(x.shape[-1]),
+            epsilon=self.epsilon,
+            is_training=True,
+        )
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+        )
+        return tf.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="cdt_tf")
+class ZeroPadShortcut(layers.Layer):
+    """He et al.'s option-A shortcut: subsample by 2 and zero-pad the channels.
+
+    [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C + 2 * pad]; parameter-free, as in
+    the reference CIFAR ResNet (`F.pad(x[:, :, ::2, ::2], (..., planes // 4, planes // 4))`).
+    """
+
+    def __init__(self, pad_channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_channels = pad_channels
+
+    def call(self, inputs):
+        subsampled = inputs[:, ::2, ::2, :]
+        return keras.ops.pad(
+            subsampled, [[0, 0], [0, 0], [0, 0], [self.pad_channels, self.pad_channels]]
+        )
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        half = lambda size: None if size is None else (size + 1) // 2  # noqa: E731
+        return (batch, half(height), half(width), channels + 2 * self.pad_channels)
+
+    def get_config(self):
+        return {**super().get_config(), "pad_channels": self.pad_channels}
+
+
+def _normalize(inputs, mean: Sequence[float], std: Sequence[float]):
+    x = layers.Rescaling(1.0 / 255.0, name="to_unit_range")(inputs)
+    return layers.Normalization(
+        mean=list(mean), variance=[s * s for s in std], name="normalize"
+    )(x)
+
+
+def _conv_bn_relu(x, filters: int, strides: int, name: str, relu: bool = True):
+    x = layers.Conv2D(
+        filters,
+        3,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=KERNEL_INIT,
+        name=f"{name}_conv",
+    )(x)
+    x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _basic_block(x, filters: int, strides: int, name: str):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = ZeroPadShortcut((filters - x.shape[-1]) // 2, name=f"{name}_shortcut")(x)
+    y = _conv_bn_relu(x, filters, strides, f"{name}_1")
+    y = _conv_bn_relu(y, filters, 1, f"{name}_2", relu=False)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def _classifier(features, num_classes: int):
+    return layers.Dense(
+        num_classes, kernel_initializer=KERNEL_INIT, name="classifier", dtype="float32"
+    )(features)
+
+
+def cifar_resnet(
+    depth: int,
+    num_classes: int,
+    input_shape: Sequence[int] = (32, 32, 3),
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.25, 0.25, 0.25),
+) -> keras.Model:
+    """He et al.'s CIFAR ResNet: 3 stages of (depth - 2) / 6 basic blocks, widths 16/32/64.
+
+    Args:
+      depth: 6n + 2; 32 gives ResNet-32 (about 0.46 M parameters for 10 classes).
+      num_classes: width of the classifier.
+      input_shape: [H, W, 3] of the uint8-range input.
+      mean, std: per-channel statistics of images scaled to [0, 1].
+
+    Returns:
+      A functional model: [B, H, W, 3] -> logits [B, num_classes] (float32).
+    """
+    if depth not in CIFAR_RESNET_DEPTHS:
+        raise ValueError(f"CIFAR ResNet depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
+    blocks_per_stage = (depth - 2) // 6
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    x = _conv_bn_relu(_normalize(inputs, mean, std), 16, 1, "stem")
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(blocks_per_stage):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
+    features = layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, _classifier(features, num_classes), name=f"resnet{depth}")
+
+
+def digits_convnet(
+    num_classes: int,
+    input_shape: Sequence[int] = (8, 8, 3),
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.25, 0.25, 0.25),
+) -> keras.Model:
+    """A small ConvNet for the 8x8 digits demo: 2 conv-BN-ReLU blocks, global pooling, Dense."""
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    x = _conv_bn_relu(_normalize(inputs, mean, std), 32, 1, "block1")
+    x = _conv_bn_relu(x, 64, 2, "block2")
+    features = layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, _classifier(features, num_classes), name="digits_convnet")
+
+
+MODEL_NAMES = tuple(f"resnet{d}" for d in CIFAR_RESNET_DEPTHS) + ("digits_convnet",)
+
+
+def build_model(name: str, num_classes: int, input_shape, mean, std) -> keras.Model:
+    """Builds a model by name (one of MODEL_NAMES)."""
+    if name == "digits_convnet":
+        return digits_convnet(num_classes, input_shape, mean, std)
+    if name.startswith("resnet") and name[len("resnet") :].isdigit():
+        return cifar_resnet(int(name[len("resnet") :]), num_classes, input_shape, mean, std)
+    raise ValueError(f"unknown model {name!r}; use one of {MODEL_NAMES}")
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The same network cut before the classifier: images -> penultimate features [B, D]."""
+    return keras.Model(model.inputs, model.get_layer("classifier").input)

@@ -1,0 +1,71 @@
+"""The paper's learning-rate schedule: linear warm-up, then step decays at given epochs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="cdt_tf")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Per-epoch warm-up and step decay, as in the LDAM-DRW reference code.
+
+    For 0-based epoch e = step // steps_per_epoch:
+      lr = base * (e + 1) / warmup_epochs           while e < warmup_epochs,
+      lr = base * multipliers[k]                    from decay_epochs[k] on (the last reached k),
+      lr = base                                     otherwise.
+    The CIFAR recipe: base 0.1, warm-up 5, decay_epochs (160, 180), multipliers (0.01, 0.0001).
+
+    Args:
+      base_learning_rate: the peak learning rate.
+      steps_per_epoch: optimizer steps in one epoch.
+      warmup_epochs: epochs of linear warm-up (0 for none).
+      decay_epochs: increasing 0-based epochs at which each multiplier starts.
+      decay_multipliers: one multiplier of the base rate per decay epoch.
+    """
+
+    def __init__(
+        self,
+        base_learning_rate: float,
+        steps_per_epoch: int,
+        warmup_epochs: int = 0,
+        decay_epochs: Sequence[int] = (),
+        decay_multipliers: Sequence[float] = (),
+    ):
+        if len(decay_epochs) != len(decay_multipliers):
+            raise ValueError(
+                f"decay_epochs {list(decay_epochs)} and decay_multipliers "
+                f"{list(decay_multipliers)} must have the same length"
+            )
+        if list(decay_epochs) != sorted(decay_epochs):
+            raise ValueError(f"decay_epochs must increase, got {list(decay_epochs)}")
+        self.base_learning_rate = float(base_learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.warmup_epochs = int(warmup_epochs)
+        self.decay_epochs = [int(e) for e in decay_epochs]
+        self.decay_multipliers = [float(m) for m in decay_multipliers]
+
+    def epoch_learning_rate(self, epoch):
+        """The learning rate of a 0-based epoch (a scalar tensor or number)."""
+        epoch = ops.cast(epoch, "float32")
+        rate = ops.convert_to_tensor(self.base_learning_rate, "float32")
+        for start, multiplier in zip(self.decay_epochs, self.decay_multipliers):
+            rate = ops.where(epoch >= start, self.base_learning_rate * multiplier, rate)
+        if self.warmup_epochs > 0:
+            warm = self.base_learning_rate * (epoch + 1.0) / self.warmup_epochs
+            rate = ops.where(epoch < self.warmup_epochs, warm, rate)
+        return rate
+
+    def __call__(self, step):
+        return self.epoch_learning_rate(ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch))
+
+    def get_config(self):
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "steps_per_epoch": self.steps_per_epoch,
+            "warmup_epochs": self.warmup_epochs,
+            "decay_epochs": self.decay_epochs,
+            "decay_multipliers": self.decay_multipliers,
+        }

@@ -1,0 +1,199 @@
+"""train_and_evaluate(config): the one place that wires data, model, loss and callbacks together."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cdt_tf import class_stats, datasets, evaluate, input_pipeline, models
+from cdt_tf.callbacks import MetricsJsonl, PerClassEvaluation, ScheduleLogger, StopOnNaN
+from cdt_tf.config import Config
+from cdt_tf.errors import TrainingError, UserError
+from cdt_tf.losses import CDTLoss
+from cdt_tf.optimizers import CoupledDecaySGD
+from cdt_tf.schedules import WarmupStepDecay
+
+EVAL_BATCH_SIZE = 500
+
+
+def prepare_model_dir(config: Config) -> dict | None:
+    """Creates model_dir and writes config.json; refuses a directory holding another run.
+
+    Returns the stored results when this exact run already finished, else None.
+    """
+    os.makedirs(config.model_dir, exist_ok=True)
+    config_path = os.path.join(config.model_dir, "config.json")
+    if os.path.exists(config_path):
+        try:
+            with open(config_path) as f:
+                stored = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"{config_path} is unreadable ({error}); use a new --model_dir") from error
+        differences = config.differences(stored)
+        if differences:
+            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {config.to_dict().get(k)!r}" for k in differences[:4])
+            raise UserError(
+                f"--model_dir {config.model_dir} holds a run with another config ({shown}); "
+                "use a new --model_dir, or the same flags to resume it"
+            )
+        results_path = os.path.join(config.model_dir, "results.json")
+        if os.path.exists(results_path):
+            with open(results_path) as f:
+                return json.load(f)
+    _write_json(config_path, config.to_dict())
+    return None
+
+
+def _write_json(path: str, value) -> None:
+    """Writes JSON atomically: a killed process never leaves a half-written file."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def load_data(config: Config):
+    """The source, the training subset (indices, counts) and its decoded images."""
+    source = datasets.load_source(config.dataset, config.data_dir, config.image_size)
+    pool_counts = np.bincount(source.train.labels, minlength=source.num_classes)
+    if (pool_counts == 0).any():
+        empty = [source.class_names[c] for c in np.flatnonzero(pool_counts == 0)]
+        raise UserError(f"classes {empty} have no training images; add images or remove those classes")
+    if config.dataset == "image_folder" and config.imbalance == "none":
+        indices = np.arange(len(source.train.labels))
+    else:
+        max_per_class = config.max_per_class or int(pool_counts.min())
+        counts = class_stats.imbalanced_counts(
+            source.num_classes, max_per_class, config.imbalance_ratio, config.imbalance
+        )
+        if min(counts) < 1:
+            raise UserError(
+                f"--imbalance_ratio={config.imbalance_ratio} leaves a class with no image "
+                f"(N_max={max_per_class}); lower the ratio or raise --max_per_class"
+            )
+        indices = input_pipeline.select_subset(source.train.labels, counts, config.seed)
+    labels = source.train.labels[indices]
+    class_counts = np.bincount(labels, minlength=source.num_classes).tolist()
+    return source, indices, labels, class_counts
+
+
+def build_loss(config: Config, class_counts):
+    if config.loss == "cdt":
+        return CDTLoss(class_counts, config.gamma)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def train_and_evaluate(config: Config) -> dict:
+    """Trains, evaluates on the balanced test split, writes model_dir; returns results.json's dict."""
+    finished = prepare_model_dir(config)
+    if finished is not None:
+        logging.info("%s already holds a finished run with this config.", config.model_dir)
+        return finished
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    source, indices, train_labels, class_counts = load_data(config)
+    ids = source.train.ids[indices]
+    digest = input_pipeline.subset_hash(ids)
+    _write_json(
+        os.path.join(config.model_dir, "subset.json"),
+        {"hash": digest, "class_counts": class_counts, "ids": ids.tolist()},
+    )
+    print(f"Training subset: {len(indices)} images, per class {class_counts}", flush=True)
+    train_images = source.train.images(indices)
+    test_images, test_labels = source.test.images(), source.test.labels
+    if source.mean is not None:
+        mean, std = source.mean, source.std
+    else:
+        mean, std = input_pipeline.channel_stats(train_images)
+
+    train_data = input_pipeline.build_train_dataset(
+        train_images,
+        train_labels,
+        config.batch_size,
+        config.augmentation_name,
+        config.seed,
+        repeat=config.steps_per_epoch > 0,
+    )
+    test_data = input_pipeline.build_eval_dataset(test_images, test_labels, EVAL_BATCH_SIZE)
+    steps_per_epoch = config.steps_per_epoch or len(indices) // config.batch_size
+
+    model = models.build_model(
+        config.model_name, source.num_classes, train_images.shape[1:], mean, std
+    )
+    loss = build_loss(config, class_counts)
+    schedule = WarmupStepDecay(
+        config.learning_rate,
+        steps_per_epoch,
+        config.warmup_epochs,
+        config.decay_epochs,
+        config.decay_multipliers,
+    )
+    optimizer = CoupledDecaySGD(
+        coupled_weight_decay=config.weight_decay, learning_rate=schedule, momentum=config.momentum
+    )
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if source.num_classes > 5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"))
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
+
+    log_dir = os.path.join(config.model_dir, "logs")
+    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    stop_on_nan = StopOnNaN()
+    callbacks = [
+        stop_on_nan,
+        keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
+        ScheduleLogger(getattr(loss, "gamma", None)),
+        PerClassEvaluation(
+            test_data, test_labels, class_counts, source.class_names, log_dir, config.eval_every, config.epochs
+        ),
+        MetricsJsonl(os.path.join(config.model_dir, "metrics.jsonl")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"),
+            save_weights_only=True,
+            save_freq=config.checkpoint_every * steps_per_epoch,
+        ),
+        keras.callbacks.TensorBoard(log_dir, profile_batch=0),
+    ]
+    start = time.time()
+    model.fit(
+        train_data,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch if config.steps_per_epoch else None,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+        shuffle=False,  # The tf.data pipeline shuffles.
+    )
+    if stop_on_nan.nan_epoch is not None:
+        raise TrainingError(
+            f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; checkpoints of earlier "
+            f"epochs are in {checkpoint_dir}; lower --learning_rate or check the data"
+        )
+    train_seconds = time.time() - start
+    model.save(os.path.join(config.model_dir, "model.keras"))
+
+    logits = model.predict(test_data, verbose=0)
+    summary = evaluate.summarize(logits, test_labels, class_counts)
+    results = {
+        **summary,
+        "class_counts": class_counts,
+        "class_names": source.class_names,
+        "subset_hash": digest,
+        "num_train_images": int(len(indices)),
+        "num_test_images": int(len(test_labels)),
+        "epochs": config.epochs,
+        "train_seconds": round(train_seconds, 1),
+        "config": config.to_dict(),
+    }
+    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    return results
