@@ -16,19 +16,27 @@ from cdt_tf import evaluate
 
 
 class ScheduleLogger(keras.callbacks.Callback):
-    """Adds the epoch's learning rate and CDT gamma to the logs (before TensorBoard writes them)."""
+    """Adds the learning rate and CDT gamma in force during the epoch to its logs.
+
+    Read at the epoch's start (the optimizer's rate at epoch end is already the
+    next epoch's); list it before TensorBoard so that it writes them.
+    """
 
     def __init__(self, gamma_variable=None):
         super().__init__()
         self.gamma_variable = gamma_variable
+        self._values = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._values = {
+            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        }
+        if self.gamma_variable is not None:
+            self._values["gamma"] = float(keras.ops.convert_to_numpy(self.gamma_variable))
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        optimizer = self.model.optimizer
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        if self.gamma_variable is not None:
-            logs["gamma"] = float(keras.ops.convert_to_numpy(self.gamma_variable))
+        if logs is not None:
+            logs.update(self._values)
 
 
 class PerClassEvaluation(keras.callbacks.Callback):
@@ -36,6 +44,7 @@ class PerClassEvaluation(keras.callbacks.Callback):
 
     Writes test top-1/top-5, many/medium/few and one accuracy per class to
     TensorBoard (`<log_dir>/test`), and adds `test_top1` to the epoch's logs.
+    `latest` holds (epoch, logits) of the last evaluation, for reuse after training.
     """
 
     def __init__(
@@ -53,11 +62,13 @@ class PerClassEvaluation(keras.callbacks.Callback):
         self.class_counts, self.class_names = list(class_counts), list(class_names)
         self.every, self.epochs = every, epochs
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "test"))
+        self.latest = None
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every and epoch + 1 != self.epochs:
             return
         logits = self.model.predict(self.dataset, verbose=0)
+        self.latest = (epoch, logits)
         summary = evaluate.summarize(logits, self.labels, self.class_counts)
         with self.writer.as_default(step=epoch):
             tf.summary.scalar("top1", summary["top1"])

@@ -52,9 +52,7 @@ def imbalanced_counts(
         # Python floats, as the reference code: int() truncates toward zero.
         return [int(max_per_class * imbalance_ratio ** (-e)) for e in exponents.tolist()]
     half = num_classes // 2
-    return [int(max_per_class)] * half + [int(max_per_class / imbalance_ratio)] * (
-        num_classes - half
-    )
+    return [int(max_per_class)] * half + [int(max_per_class / imbalance_ratio)] * (num_classes - half)
 
 
 def class_temperatures(class_counts: Sequence[int], gamma: float) -> np.ndarray:
@@ -69,7 +67,7 @@ def class_temperatures(class_counts: Sequence[int], gamma: float) -> np.ndarray:
       gamma > 0.
     """
     counts = _positive_counts(class_counts)
-    if gamma < 0:
+    if not gamma >= 0:  # Also refuses NaN.
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     return (counts.max() / counts) ** gamma
 

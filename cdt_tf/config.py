@@ -11,10 +11,14 @@ import math
 
 from absl import flags
 
-from cdt_tf import class_stats, datasets, input_pipeline, models
+from cdt_tf import class_stats, datasets
 from cdt_tf.errors import UserError
 
+# The CLI's vocabulary. Kept here, free of TensorFlow, so that bad flags are refused
+# at once; the modules that implement each name are tested against these lists.
 LOSSES = ("ce", "cdt")
+AUGMENTATIONS = ("auto", "crop_flip", "none")
+MODEL_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "digits_convnet")
 
 
 def define_flags() -> None:
@@ -28,7 +32,9 @@ def define_flags() -> None:
         "(read as an image folder, classes in sorted name order). image_folder: that folder.",
     )
     flags.DEFINE_enum(
-        "imbalance", "none", class_stats.PROFILES,
+        "imbalance",
+        "none",
+        class_stats.PROFILES,
         "Imbalance profile of the training subset: exp (long-tailed), step, or none.",
     )
     flags.DEFINE_float("imbalance_ratio", 1.0, "rho = N_max / N_min >= 1.")
@@ -39,12 +45,16 @@ def define_flags() -> None:
         "image_size", 0, "image_folder: resize images to this square size (0: the first image's size)."
     )
     flags.DEFINE_enum(
-        "augmentation", "auto", input_pipeline.AUGMENTATIONS,
+        "augmentation",
+        "auto",
+        AUGMENTATIONS,
         "Training augmentation. auto: crop_flip (pad H/8, random crop, flip) except none for digits.",
     )
     # Model and objective.
     flags.DEFINE_enum(
-        "model", "auto", ("auto",) + models.MODEL_NAMES,
+        "model",
+        "auto",
+        ("auto",) + MODEL_NAMES,
         "Network. auto: resnet32, or digits_convnet for digits.",
     )
     flags.DEFINE_enum("loss", "ce", LOSSES, "Training objective: ce (ERM) or cdt.")
@@ -103,14 +113,16 @@ class Config:
     RESUMABLE_FIELDS = ("model_dir", "eval_every", "checkpoint_every")
 
     @classmethod
-    def from_flags(cls, flag_values: flags.FlagValues) -> "Config":
+    def from_flags(cls, flag_values: flags.FlagValues) -> Config:
         names = [f.name for f in dataclasses.fields(cls)]
         values = {name: flag_values[name].value for name in names}
         try:
             values["decay_epochs"] = tuple(int(v) for v in values["decay_epochs"])
             values["decay_multipliers"] = tuple(float(v) for v in values["decay_multipliers"])
         except ValueError as error:
-            raise UserError(f"--decay_epochs takes integers and --decay_multipliers numbers: {error}")
+            raise UserError(
+                f"--decay_epochs takes integers and --decay_multipliers numbers: {error}"
+            ) from error
         return cls(**values).validate()
 
     @property
@@ -125,31 +137,51 @@ class Config:
             return self.augmentation
         return "none" if self.dataset == "digits" else "crop_flip"
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raises UserError naming the first bad value and what to do; returns self."""
         checks = [
-            (self.dataset in datasets.DATASETS, f"unknown dataset {self.dataset!r}; use one of {datasets.DATASETS}"),
+            (
+                self.dataset in datasets.DATASETS,
+                f"unknown dataset {self.dataset!r}; use one of {datasets.DATASETS}",
+            ),
             (self.loss in LOSSES, f"unknown loss {self.loss!r}; use one of {LOSSES}"),
-            (self.imbalance in class_stats.PROFILES, f"unknown imbalance {self.imbalance!r}; use one of {class_stats.PROFILES}"),
-            (math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1,
-             f"--imbalance_ratio is N_max / N_min and must be >= 1, got {self.imbalance_ratio}"),
+            (
+                self.imbalance in class_stats.PROFILES,
+                f"unknown imbalance {self.imbalance!r}; use one of {class_stats.PROFILES}",
+            ),
+            (
+                math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1,
+                f"--imbalance_ratio is N_max / N_min and must be >= 1, got {self.imbalance_ratio}",
+            ),
             (math.isfinite(self.gamma) and self.gamma >= 0, f"--gamma must be >= 0, got {self.gamma}"),
-            (bool(self.model_dir), "--model_dir is required: the run directory for config, checkpoints and results"),
+            (
+                bool(self.model_dir),
+                "--model_dir is required: the run directory for config, checkpoints and results",
+            ),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
             (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
-            (len(self.decay_epochs) == len(self.decay_multipliers),
-             f"--decay_epochs {list(self.decay_epochs)} and --decay_multipliers "
-             f"{list(self.decay_multipliers)} need the same length"),
-            (list(self.decay_epochs) == sorted(self.decay_epochs),
-             f"--decay_epochs must increase, got {list(self.decay_epochs)}"),
+            (
+                len(self.decay_epochs) == len(self.decay_multipliers),
+                f"--decay_epochs {list(self.decay_epochs)} and --decay_multipliers "
+                f"{list(self.decay_multipliers)} need the same length",
+            ),
+            (
+                all(b > a for a, b in zip(self.decay_epochs, self.decay_epochs[1:])),
+                f"--decay_epochs must strictly increase, got {list(self.decay_epochs)}",
+            ),
             (self.max_per_class >= 0, f"--max_per_class must be >= 0, got {self.max_per_class}"),
             (self.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}"),
-            (self.eval_every >= 1 and self.checkpoint_every >= 1, "--eval_every and --checkpoint_every must be >= 1"),
-            (self.dataset != "image_folder" or bool(self.data_dir),
-             "--dataset=image_folder needs --data_dir=<folder with train/<class>/ and test/<class>/>"),
+            (
+                self.eval_every >= 1 and self.checkpoint_every >= 1,
+                "--eval_every and --checkpoint_every must be >= 1",
+            ),
+            (
+                self.dataset != "image_folder" or bool(self.data_dir),
+                "--dataset=image_folder needs --data_dir=<folder with train/<class>/ and test/<class>/>",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Callable
 
-import keras
 import numpy as np
 
 from cdt_tf.errors import DataError
@@ -162,7 +161,9 @@ def _list_folder(split_dir: str) -> tuple[list[str], list[str], list[int]]:
     if not os.path.isdir(split_dir):
         raise DataError(f"{split_dir} does not exist; an image folder needs train/<class>/ and test/<class>/")
     class_names = sorted(
-        d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith(".")
+        d
+        for d in os.listdir(split_dir)
+        if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith(".")
     )
     if not class_names:
         raise DataError(f"{split_dir} holds no class folders; expected {split_dir}/<class>/<image>")
@@ -238,6 +239,7 @@ def decode_images(paths: np.ndarray, size: int, batch_size: int = 512) -> np.nda
     Greyscale and RGBA files become RGB; other sizes are resized (bilinear). An
     unreadable file raises DataError naming it.
     """
+    import keras
     import tensorflow as tf
 
     def decode(path):
@@ -266,7 +268,9 @@ def decode_images(paths: np.ndarray, size: int, batch_size: int = 512) -> np.nda
             start = len(chunks) * batch_size
             for path in paths[start : start + batch_size]:
                 _decode_one(str(path))
-            raise DataError(f"cannot decode images under {os.path.dirname(str(paths[start]))}: {error}") from error
+            raise DataError(
+                f"cannot decode images under {os.path.dirname(str(paths[start]))}: {error}"
+            ) from error
         chunks.append(chunk.numpy())
         if progress:
             progress.add(len(chunks[-1]))

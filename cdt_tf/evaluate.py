@@ -57,13 +57,11 @@ def format_table(summary: dict, class_names: Sequence[str], class_counts: Sequen
     """A plain-text per-class table followed by the overall numbers."""
     width = max(5, *(len(n) for n in class_names))
     lines = [f"{'class':<{width}}  {'train':>6}  {'test acc':>8}"]
-    for name, count, accuracy in zip(class_names, class_counts, summary["per_class_accuracy"]):
+    for name, count, accuracy in zip(class_names, class_counts, summary["per_class_accuracy"], strict=True):
         shown = "   n/a" if accuracy is None else f"{100 * accuracy:7.2f}%"
         lines.append(f"{name:<{width}}  {count:>6}  {shown:>8}")
     groups = summary["many_medium_few"]
-    group_text = ", ".join(
-        f"{g} {'n/a' if v is None else f'{100 * v:.2f}%'}" for g, v in groups.items()
-    )
+    group_text = ", ".join(f"{g} {'n/a' if v is None else f'{100 * v:.2f}%'}" for g, v in groups.items())
     top5 = summary["top5"]
     lines.append(
         f"top-1 {100 * summary['top1']:.2f}%"

@@ -14,8 +14,6 @@ import tensorflow as tf
 
 from cdt_tf.errors import DataError
 
-AUGMENTATIONS = ("auto", "crop_flip", "none")
-
 
 def select_subset(labels: np.ndarray, class_counts: Sequence[int], seed: int) -> np.ndarray:
     """Indices of a subset with class_counts[c] examples of class c, drawn without replacement.

@@ -18,8 +18,15 @@ from keras import layers
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-# He et al. (2016) fan-in normal init, as `kaiming_normal_` in the reference code.
-KERNEL_INIT = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+def _he_normal():
+    """He et al. (2016) fan-in normal init, as `kaiming_normal_` in the reference code.
+
+    A new instance per layer: one unseeded initializer shared by several layers would
+    give every layer of the same shape the same initial kernel.
+    """
+    return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
 
 CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
 
@@ -59,9 +66,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
             is_training=True,
         )
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-        )
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return tf.cast(outputs, self.compute_dtype)
 
 
@@ -79,9 +84,7 @@ class ZeroPadShortcut(layers.Layer):
 
     def call(self, inputs):
         subsampled = inputs[:, ::2, ::2, :]
-        return keras.ops.pad(
-            subsampled, [[0, 0], [0, 0], [0, 0], [self.pad_channels, self.pad_channels]]
-        )
+        return keras.ops.pad(subsampled, [[0, 0], [0, 0], [0, 0], [self.pad_channels, self.pad_channels]])
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
@@ -94,9 +97,7 @@ class ZeroPadShortcut(layers.Layer):
 
 def _normalize(inputs, mean: Sequence[float], std: Sequence[float]):
     x = layers.Rescaling(1.0 / 255.0, name="to_unit_range")(inputs)
-    return layers.Normalization(
-        mean=list(mean), variance=[s * s for s in std], name="normalize"
-    )(x)
+    return layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="normalize")(x)
 
 
 def _conv_bn_relu(x, filters: int, strides: int, name: str, relu: bool = True):
@@ -106,7 +107,7 @@ def _conv_bn_relu(x, filters: int, strides: int, name: str, relu: bool = True):
         strides=strides,
         padding="same",
         use_bias=False,
-        kernel_initializer=KERNEL_INIT,
+        kernel_initializer=_he_normal(),
         name=f"{name}_conv",
     )(x)
     x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
@@ -124,9 +125,9 @@ def _basic_block(x, filters: int, strides: int, name: str):
 
 
 def _classifier(features, num_classes: int):
-    return layers.Dense(
-        num_classes, kernel_initializer=KERNEL_INIT, name="classifier", dtype="float32"
-    )(features)
+    return layers.Dense(num_classes, kernel_initializer=_he_normal(), name="classifier", dtype="float32")(
+        features
+    )
 
 
 def cifar_resnet(

@@ -39,8 +39,11 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                 f"decay_epochs {list(decay_epochs)} and decay_multipliers "
                 f"{list(decay_multipliers)} must have the same length"
             )
-        if list(decay_epochs) != sorted(decay_epochs):
-            raise ValueError(f"decay_epochs must increase, got {list(decay_epochs)}")
+        epochs = list(decay_epochs)
+        if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
+            raise ValueError(f"decay_epochs must strictly increase, got {epochs}")
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.base_learning_rate = float(base_learning_rate)
         self.steps_per_epoch = int(steps_per_epoch)
         self.warmup_epochs = int(warmup_epochs)
@@ -51,7 +54,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         """The learning rate of a 0-based epoch (a scalar tensor or number)."""
         epoch = ops.cast(epoch, "float32")
         rate = ops.convert_to_tensor(self.base_learning_rate, "float32")
-        for start, multiplier in zip(self.decay_epochs, self.decay_multipliers):
+        for start, multiplier in zip(self.decay_epochs, self.decay_multipliers, strict=True):
             rate = ops.where(epoch >= start, self.base_learning_rate * multiplier, rate)
         if self.warmup_epochs > 0:
             warm = self.base_learning_rate * (epoch + 1.0) / self.warmup_epochs

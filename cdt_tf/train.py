@@ -38,7 +38,9 @@ def prepare_model_dir(config: Config) -> dict | None:
             raise UserError(f"{config_path} is unreadable ({error}); use a new --model_dir") from error
         differences = config.differences(stored)
         if differences:
-            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {config.to_dict().get(k)!r}" for k in differences[:4])
+            shown = ", ".join(
+                f"{k}: {stored.get(k)!r} -> {config.to_dict().get(k)!r}" for k in differences[:4]
+            )
             raise UserError(
                 f"--model_dir {config.model_dir} holds a run with another config ({shown}); "
                 "use a new --model_dir, or the same flags to resume it"
@@ -127,9 +129,7 @@ def train_and_evaluate(config: Config) -> dict:
     test_data = input_pipeline.build_eval_dataset(test_images, test_labels, EVAL_BATCH_SIZE)
     steps_per_epoch = config.steps_per_epoch or len(indices) // config.batch_size
 
-    model = models.build_model(
-        config.model_name, source.num_classes, train_images.shape[1:], mean, std
-    )
+    model = models.build_model(config.model_name, source.num_classes, train_images.shape[1:], mean, std)
     loss = build_loss(config, class_counts)
     schedule = WarmupStepDecay(
         config.learning_rate,
@@ -150,13 +150,14 @@ def train_and_evaluate(config: Config) -> dict:
     checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
     os.makedirs(checkpoint_dir, exist_ok=True)
     stop_on_nan = StopOnNaN()
+    per_class_evaluation = PerClassEvaluation(
+        test_data, test_labels, class_counts, source.class_names, log_dir, config.eval_every, config.epochs
+    )
     callbacks = [
         stop_on_nan,
         keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
         ScheduleLogger(getattr(loss, "gamma", None)),
-        PerClassEvaluation(
-            test_data, test_labels, class_counts, source.class_names, log_dir, config.eval_every, config.epochs
-        ),
+        per_class_evaluation,
         MetricsJsonl(os.path.join(config.model_dir, "metrics.jsonl")),
         keras.callbacks.ModelCheckpoint(
             os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"),
@@ -182,7 +183,10 @@ def train_and_evaluate(config: Config) -> dict:
     train_seconds = time.time() - start
     model.save(os.path.join(config.model_dir, "model.keras"))
 
-    logits = model.predict(test_data, verbose=0)
+    if per_class_evaluation.latest and per_class_evaluation.latest[0] == config.epochs - 1:
+        logits = per_class_evaluation.latest[1]  # The callback evaluated these final weights.
+    else:
+        logits = model.predict(test_data, verbose=0)
     summary = evaluate.summarize(logits, test_labels, class_counts)
     results = {
         **summary,
