@@ -6,6 +6,7 @@ Library code takes a Config, never absl's FLAGS.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 
@@ -169,7 +170,7 @@ class Config:
                 f"{list(self.decay_multipliers)} need the same length",
             ),
             (
-                all(b > a for a, b in zip(self.decay_epochs, self.decay_epochs[1:])),
+                all(b > a for a, b in itertools.pairwise(self.decay_epochs)),
                 f"--decay_epochs must strictly increase, got {list(self.decay_epochs)}",
             ),
             (self.max_per_class >= 0, f"--max_per_class must be >= 0, got {self.max_per_class}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import keras
@@ -40,7 +41,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                 f"{list(decay_multipliers)} must have the same length"
             )
         epochs = list(decay_epochs)
-        if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
+        if any(later <= earlier for earlier, later in itertools.pairwise(epochs)):
             raise ValueError(f"decay_epochs must strictly increase, got {epochs}")
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import CIFAR10_JPEG
 
 from cdt_tf import imbalanced_counts
+from conftest import CIFAR10_JPEG
 
 DIGITS_SMOKE = (
     "--dataset=digits",

@@ -30,7 +30,7 @@ def _non_trainable_count(model):
 
 
 def _reference_resnet_params(depth, num_classes):
-    """Trainable parameters of He et al.'s CIFAR ResNet with option-A shortcuts (convs, BN gamma/beta, Dense)."""
+    """Trainable parameters of He et al.'s CIFAR ResNet, option-A shortcuts (convs, BN gamma/beta, Dense)."""
     n = (depth - 2) // 6
     total = 3 * 3 * 3 * 16 + 2 * 16  # stem conv + BN
     width_in = 16
