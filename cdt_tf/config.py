@@ -6,6 +6,7 @@ Library code takes a Config, never absl's FLAGS.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -22,63 +23,67 @@ AUGMENTATIONS = ("auto", "crop_flip", "none")
 MODEL_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "digits_convnet")
 
 
-def define_flags() -> None:
-    """Defines every flag of `python -m cdt_tf.main`. Defaults are the paper's CIFAR recipe."""
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines every flag of `python -m cdt_tf.main` in flag_values. Defaults are the paper's CIFAR recipe."""
+    define = {
+        kind: functools.partial(getattr(flags, f"DEFINE_{kind}"), flag_values=flag_values)
+        for kind in ("enum", "string", "float", "integer", "bool", "list")
+    }
     # Data.
-    flags.DEFINE_enum("dataset", None, datasets.DATASETS, "Dataset to train on.")
-    flags.DEFINE_string(
+    define["enum"]("dataset", None, datasets.DATASETS, "Dataset to train on.")
+    define["string"](
         "data_dir",
         None,
         "cifar10/cifar100: the TFDS data_dir, or a folder with train/<class>/ and test/<class>/ "
         "(read as an image folder, classes in sorted name order). image_folder: that folder.",
     )
-    flags.DEFINE_enum(
+    define["enum"](
         "imbalance",
         "none",
         class_stats.PROFILES,
         "Imbalance profile of the training subset: exp (long-tailed), step, or none.",
     )
-    flags.DEFINE_float("imbalance_ratio", 1.0, "rho = N_max / N_min >= 1.")
-    flags.DEFINE_integer(
+    define["float"]("imbalance_ratio", 1.0, "rho = N_max / N_min >= 1.")
+    define["integer"](
         "max_per_class", 0, "N_max, images of the largest class (0: the smallest class size available)."
     )
-    flags.DEFINE_integer(
+    define["integer"](
         "image_size", 0, "image_folder: resize images to this square size (0: the first image's size)."
     )
-    flags.DEFINE_enum(
+    define["enum"](
         "augmentation",
         "auto",
         AUGMENTATIONS,
         "Training augmentation. auto: crop_flip (pad H/8, random crop, flip) except none for digits.",
     )
     # Model and objective.
-    flags.DEFINE_enum(
+    define["enum"](
         "model",
         "auto",
         ("auto",) + MODEL_NAMES,
         "Network. auto: resnet32, or digits_convnet for digits.",
     )
-    flags.DEFINE_enum("loss", "ce", LOSSES, "Training objective: ce (ERM) or cdt.")
-    flags.DEFINE_float("gamma", 0.0, "CDT exponent: a_c = (N_max / N_c)^gamma, >= 0.")
+    define["enum"]("loss", "ce", LOSSES, "Training objective: ce (ERM) or cdt.")
+    define["float"]("gamma", 0.0, "CDT exponent: a_c = (N_max / N_c)^gamma, >= 0.")
     # Optimisation (the paper's CIFAR recipe).
-    flags.DEFINE_integer("epochs", 200, "Training epochs.")
-    flags.DEFINE_integer("batch_size", 128, "Global batch size (summed over replicas).")
-    flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate, reached after the warm-up.")
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-    flags.DEFINE_float("weight_decay", 2e-4, "Coupled (PyTorch-style) L2 weight decay.")
-    flags.DEFINE_integer("warmup_epochs", 5, "Epochs of linear learning-rate warm-up.")
-    flags.DEFINE_list("decay_epochs", ["160", "180"], "0-based epochs at which the decays start.")
-    flags.DEFINE_list(
+    define["integer"]("epochs", 200, "Training epochs.")
+    define["integer"]("batch_size", 128, "Global batch size (summed over replicas).")
+    define["float"]("learning_rate", 0.1, "Peak learning rate, reached after the warm-up.")
+    define["float"]("momentum", 0.9, "SGD momentum.")
+    define["float"]("weight_decay", 2e-4, "Coupled (PyTorch-style) L2 weight decay.")
+    define["integer"]("warmup_epochs", 5, "Epochs of linear learning-rate warm-up.")
+    define["list"]("decay_epochs", ["160", "180"], "0-based epochs at which the decays start.")
+    define["list"](
         "decay_multipliers", ["0.01", "0.0001"], "Learning-rate multiplier from each decay epoch on."
     )
-    flags.DEFINE_integer("steps_per_epoch", 0, "Optimizer steps per epoch (0: one pass over the subset).")
+    define["integer"]("steps_per_epoch", 0, "Optimizer steps per epoch (0: one pass over the subset).")
     # Run.
-    flags.DEFINE_string("model_dir", None, "Run directory: config, checkpoints, logs, results.")
-    flags.DEFINE_integer("seed", 0, "Seeds the subset, Keras, NumPy, TensorFlow and every shuffle.")
-    flags.DEFINE_bool("deterministic", False, "Use deterministic TensorFlow ops (slower).")
-    flags.DEFINE_integer("eval_every", 10, "Epochs between per-class test evaluations (TensorBoard).")
-    flags.DEFINE_integer("checkpoint_every", 10, "Epochs between kept weight checkpoints.")
-    flags.mark_flags_as_required(["dataset", "model_dir"])
+    define["string"]("model_dir", None, "Run directory: config, checkpoints, logs, results.")
+    define["integer"]("seed", 0, "Seeds the subset, Keras, NumPy, TensorFlow and every shuffle.")
+    define["bool"]("deterministic", False, "Use deterministic TensorFlow ops (slower).")
+    define["integer"]("eval_every", 10, "Epochs between per-class test evaluations (TensorBoard).")
+    define["integer"]("checkpoint_every", 10, "Epochs between kept weight checkpoints.")
+    flags.mark_flags_as_required(["dataset", "model_dir"], flag_values=flag_values)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from cdt_tf import config as config_lib  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
 
 config_lib.define_flags()
+flags.adopt_module_key_flags(config_lib)  # --helpshort lists them.
 FLAGS = flags.FLAGS
 
 

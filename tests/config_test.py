@@ -1,0 +1,94 @@
+"""Config: validation, the flag vocabulary against the modules, and run-directory comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from cdt_tf import config as config_lib
+from cdt_tf.errors import UserError
+
+
+def _config(**overrides):
+    return config_lib.Config(dataset="digits", model_dir="/tmp/run", **overrides)
+
+
+def test_defaults_are_the_paper_recipe():
+    config = _config().validate()
+    assert (config.epochs, config.batch_size, config.learning_rate, config.momentum) == (200, 128, 0.1, 0.9)
+    assert config.weight_decay == 2e-4 and config.warmup_epochs == 5
+    assert config.decay_epochs == (160, 180) and config.decay_multipliers == (0.01, 0.0001)
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"imbalance_ratio": 0.5}, "--imbalance_ratio"),
+        ({"imbalance_ratio": float("nan")}, "--imbalance_ratio"),
+        ({"gamma": -0.1}, "--gamma"),
+        ({"gamma": float("nan")}, "--gamma"),
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch_size"),
+        ({"learning_rate": 0.0}, "--learning_rate"),
+        ({"decay_epochs": (10,), "decay_multipliers": ()}, "same length"),
+        ({"decay_epochs": (10, 10), "decay_multipliers": (0.1, 0.1)}, "strictly increase"),
+        ({"loss": "hinge"}, "hinge"),
+        ({"dataset": "image_folder"}, "--data_dir"),
+    ],
+)
+def test_validation_errors_name_the_flag(overrides, fragment):
+    with pytest.raises(UserError, match=fragment.replace("-", r"\-")):
+        dataclasses.replace(_config(), **overrides).validate()
+
+
+def test_auto_model_and_augmentation():
+    assert _config().model_name == "digits_convnet" and _config().augmentation_name == "none"
+    cifar = dataclasses.replace(_config(), dataset="cifar10")
+    assert cifar.model_name == "resnet32" and cifar.augmentation_name == "crop_flip"
+
+
+def test_differences_ignore_only_resumable_fields():
+    config = _config()
+    stored = {**config.to_dict(), "model_dir": "/elsewhere", "eval_every": 3}
+    assert config.differences(stored) == []
+    assert config.differences({**stored, "gamma": 0.5}) == ["gamma"]
+    assert config.differences({**stored, "new_field": 1}) == ["new_field"]
+
+
+def test_from_flags_parses_lists():
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(
+        [
+            "prog",
+            "--dataset=digits",
+            "--model_dir=/tmp/x",
+            "--decay_epochs=3,7",
+            "--decay_multipliers=0.1,0.01",
+        ]
+    )
+    config = config_lib.Config.from_flags(flag_values)
+    assert config.decay_epochs == (3, 7) and config.decay_multipliers == (0.1, 0.01)
+    assert config.to_dict()["decay_epochs"] == [3, 7]
+
+
+def test_vocabulary_matches_the_modules():
+    from cdt_tf import models
+
+    for name in config_lib.MODEL_NAMES:
+        shape = (8, 8, 3) if name == "digits_convnet" else (32, 32, 3)
+        assert models.build_model(name, 3, shape, (0.5,) * 3, (0.25,) * 3).output_shape == (None, 3)
+    with pytest.raises(ValueError):
+        models.build_model("resnet33", 3, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
+
+
+def test_flag_errors_do_not_import_tensorflow():
+    code = (
+        "import sys; sys.argv = ['x']; import cdt_tf.config, cdt_tf.class_stats, cdt_tf.datasets; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
