@@ -1,4 +1,4 @@
-"""Keras callbacks of a training run: scalar logging, per-class test evaluation, NaN guard."""
+"""Keras callbacks of a training run: scalars, per-class test evaluation, Fig. 7 statistics, NaN guard."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cdt_tf import evaluate
+from cdt_tf import analysis, evaluate, input_pipeline
 
 
 class ScheduleLogger(keras.callbacks.Callback):
@@ -119,3 +119,115 @@ class StopOnNaN(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.nan_epoch = self._epoch + 1
             self.model.stop_training = True
+
+
+class TrainingStatistics(keras.callbacks.Callback):
+    """Every `every` epochs (and after the last), logs the statistics of the paper's Fig. 7.
+
+    Per class, to TensorBoard (`<log_dir>/stats`): `train_accuracy/<c>_<name>` on a fixed,
+    unaugmented sample of the training subset (up to `train_per_class` images per class),
+    `test_accuracy/...` on the test split, `classifier_norm/...` (||w_c||_2) and
+    `feature_deviation/...`: the distance between the class's mean l2-normalised feature on that
+    training sample and on the test split. A Custom Scalars layout shows each statistic with all
+    classes in one chart, as in Fig. 7.
+
+    Cost: one forward pass (no gradients) over at most C * train_per_class training images and the
+    test split per logged epoch, with a model that shares the network's layers (traced once). On
+    CIFAR-10-LT (12,406 training images, 10,000 test) that is 11,000 forward passes against about
+    three times 12,406 for a training epoch, i.e. roughly a quarter of an epoch with every=1.
+    """
+
+    def __init__(
+        self,
+        train_images: np.ndarray,
+        train_labels: np.ndarray,
+        test_images: np.ndarray,
+        test_labels: np.ndarray,
+        class_names: Sequence[str],
+        log_dir: str,
+        every: int,
+        epochs: int,
+        train_per_class: int = 100,
+        seed: int = 0,
+        batch_size: int = 500,
+    ):
+        super().__init__()
+        self.class_names = list(class_names)
+        sample = analysis.sample_per_class(train_labels, train_per_class, seed, len(self.class_names))
+        self.train_labels = np.asarray(train_labels)[sample]
+        self.test_labels = np.asarray(test_labels)
+        self.train_data = input_pipeline.build_eval_dataset(
+            np.asarray(train_images)[sample], self.train_labels, batch_size
+        )
+        self.test_data = input_pipeline.build_eval_dataset(test_images, self.test_labels, batch_size)
+        self.every, self.epochs = every, epochs
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "stats"))
+        self._probe = None
+
+    def _features_and_logits(self, dataset):
+        if self._probe is None:  # Shares the layers, so it always sees the current weights.
+            self._probe = keras.Model(
+                self.model.inputs, [self.model.get_layer("classifier").input, self.model.outputs[0]]
+            )
+        features, logits = self._probe.predict(dataset, verbose=0)
+        return features, logits
+
+    def on_train_begin(self, logs=None):
+        with self.writer.as_default():
+            _write_custom_scalars_layout(
+                {
+                    "train_accuracy": "training accuracy (sample)",
+                    "test_accuracy": "test accuracy",
+                    "classifier_norm": "classifier norm ||w_c||",
+                    "feature_deviation": "train/test feature mean distance",
+                }
+            )
+        self.writer.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every and epoch + 1 != self.epochs:
+            return
+        num_classes = len(self.class_names)
+        train_features, train_logits = self._features_and_logits(self.train_data)
+        test_features, test_logits = self._features_and_logits(self.test_data)
+        statistics = {
+            "train_accuracy": evaluate.per_class_accuracy(
+                train_logits.argmax(1), self.train_labels, num_classes
+            ),
+            "test_accuracy": evaluate.per_class_accuracy(
+                test_logits.argmax(1), self.test_labels, num_classes
+            ),
+            "classifier_norm": analysis.classifier_norms(
+                keras.ops.convert_to_numpy(self.model.get_layer("classifier").kernel)
+            ),
+            "feature_deviation": analysis.mean_deviation(
+                train_features, self.train_labels, test_features, self.test_labels, num_classes
+            ),
+        }
+        with self.writer.as_default(step=epoch):
+            for name, values in statistics.items():
+                for c, value in enumerate(values):
+                    if np.isfinite(value):
+                        tf.summary.scalar(f"{name}/{c:03d}_{self.class_names[c]}", float(value))
+        self.writer.flush()
+
+
+def _write_custom_scalars_layout(charts: dict[str, str]) -> None:
+    """One TensorBoard Custom Scalars chart per tag prefix, holding every tag `<prefix>/...`."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
+
+    layout = layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title="per-class statistics (Fig. 7)",
+                chart=[
+                    layout_pb2.Chart(
+                        title=title, multiline=layout_pb2.MultilineChartContent(tag=[rf"^{prefix}/"])
+                    )
+                    for prefix, title in charts.items()
+                ],
+            )
+        ]
+    )
+    tf.summary.experimental.write_raw_pb(custom_scalar_summary.pb(layout).SerializeToString(), step=0)

@@ -83,6 +83,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["bool"]("deterministic", False, "Use deterministic TensorFlow ops (slower).")
     define["integer"]("eval_every", 10, "Epochs between per-class test evaluations (TensorBoard).")
     define["integer"]("checkpoint_every", 10, "Epochs between kept weight checkpoints.")
+    define["integer"](
+        "stats_every",
+        0,
+        "Epochs between per-class training statistics for TensorBoard (logs/stats: train/test accuracy, "
+        "classifier norms, train/test feature-mean distance; Fig. 7). 0: off.",
+    )
     flags.mark_flags_as_required(["dataset", "model_dir"], flag_values=flag_values)
 
 
@@ -114,9 +120,10 @@ class Config:
     deterministic: bool = False
     eval_every: int = 10
     checkpoint_every: int = 10
+    stats_every: int = 0
 
     # Fields that do not change what a run computes: a run may be resumed with others.
-    RESUMABLE_FIELDS = ("model_dir", "eval_every", "checkpoint_every")
+    RESUMABLE_FIELDS = ("model_dir", "eval_every", "checkpoint_every", "stats_every")
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> Config:
@@ -184,6 +191,7 @@ class Config:
                 self.eval_every >= 1 and self.checkpoint_every >= 1,
                 "--eval_every and --checkpoint_every must be >= 1",
             ),
+            (self.stats_every >= 0, f"--stats_every must be >= 0 (0: off), got {self.stats_every}"),
             (
                 self.dataset != "image_folder" or bool(self.data_dir),
                 "--dataset=image_folder needs --data_dir=<folder with train/<class>/ and test/<class>/>",

@@ -13,7 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from cdt_tf import class_stats, datasets, evaluate, input_pipeline, models
-from cdt_tf.callbacks import MetricsJsonl, PerClassEvaluation, ScheduleLogger, StopOnNaN
+from cdt_tf.callbacks import MetricsJsonl, PerClassEvaluation, ScheduleLogger, StopOnNaN, TrainingStatistics
 from cdt_tf.config import Config
 from cdt_tf.errors import TrainingError, UserError
 from cdt_tf.losses import CDTLoss
@@ -166,6 +166,20 @@ def train_and_evaluate(config: Config) -> dict:
         ),
         keras.callbacks.TensorBoard(log_dir, profile_batch=0),
     ]
+    if config.stats_every > 0:
+        callbacks.append(
+            TrainingStatistics(
+                train_images,
+                train_labels,
+                test_images,
+                test_labels,
+                source.class_names,
+                log_dir,
+                config.stats_every,
+                config.epochs,
+                seed=config.seed,
+            )
+        )
     start = time.time()
     model.fit(
         train_data,

@@ -30,6 +30,11 @@ flags.DEFINE_enum("loss", "cdt", config_lib.LOSSES, "Training objective.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("train_steps", 60, "Timed training steps.")
 flags.DEFINE_integer("pipeline_epochs", 3, "Timed passes over the input pipeline.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_string("precision", "float32", "Keras dtype policy, e.g. mixed_bfloat16.")
+flags.DEFINE_bool(
+    "keras_batchnorm", False, "Use keras.layers.BatchNormalization instead of the fused TensorFlow kernel."
+)
 FLAGS = flags.FLAGS
 
 
@@ -58,19 +63,25 @@ def main(_):
     pipeline_rate = seen / (time.time() - start)
     print(f"input pipeline alone: {pipeline_rate:,.0f} images/s ({seen} images)", flush=True)
 
+    keras.mixed_precision.set_global_policy(FLAGS.precision)
+    if FLAGS.keras_batchnorm:
+        models.FusedBatchNormalization = keras.layers.BatchNormalization
     model = models.build_model(FLAGS.model, 10, images.shape[1:], source.mean, source.std)
     model.compile(
         optimizer=CoupledDecaySGD(coupled_weight_decay=2e-4, learning_rate=0.1, momentum=0.9),
         loss=train.build_loss(config, class_counts),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=FLAGS.jit_compile,
     )
     repeated = dataset.repeat()
     model.fit(repeated, steps_per_epoch=10, epochs=1, verbose=0)  # Tracing and warm-up.
     start = time.time()
     model.fit(repeated, steps_per_epoch=FLAGS.train_steps, epochs=1, verbose=0)
     train_rate = FLAGS.train_steps * FLAGS.batch_size / (time.time() - start)
+    variant = f"{FLAGS.precision}, jit_compile={FLAGS.jit_compile}, keras_batchnorm={FLAGS.keras_batchnorm}"
     print(
-        f"{FLAGS.model} training ({FLAGS.loss}, batch {FLAGS.batch_size}): {train_rate:,.0f} images/s",
+        f"{FLAGS.model} training ({FLAGS.loss}, batch {FLAGS.batch_size}, {variant}): "
+        f"{train_rate:,.0f} images/s",
         flush=True,
     )
     print(f"pipeline / training = {pipeline_rate / train_rate:.1f}x")
