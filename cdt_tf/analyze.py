@@ -1,0 +1,599 @@
+r"""The paper's analysis of a finished run, as numbers (analysis.json) and figures (PNG).
+
+  python -m cdt_tf.analyze --model_dir=runs/cifar10_lt100_ce
+  python -m cdt_tf.analyze --model_dir=runs/cifar10_lt100_cdt --out_dir=/tmp/cdt_analysis
+
+Re-creates the run's training subset from its config.json (checked against subset.json's hash),
+loads model.keras, and passes the training subset (unaugmented) and the test split through the
+network once each, keeping the penultimate features f(x) and the decision values w_c^T f(x).
+Writes to --out_dir (default <model_dir>/analysis/):
+
+  analysis.json          per class: N_c, train/test accuracy, ||w_c||, dis(c); both confusion
+                         matrices for train and test; nearest-centre accuracy (Table 1)
+  accuracy.png           per-class training and test accuracy against N_c (Fig. 3a-b)
+  classifier_norms.png   ||w_c||_2 per class (Fig. 3c)
+  feature_deviation.png  dis(c) per class (Fig. 3d)
+  confusion.png          mean decision values and predicted labels, train vs test (Fig. 4/5)
+  tsne.png               t-SNE of --tsne_per_class training (o) and test (x) features per class
+                         (Fig. 1/16)
+
+Figures order the classes by decreasing N_c (for --imbalance=exp runs: class index order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out of the way.
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from cdt_tf import analysis, evaluate  # noqa: E402
+from cdt_tf.config import Config  # noqa: E402
+from cdt_tf.errors import UserError  # noqa: E402
+
+EVAL_BATCH_SIZE = 500
+FIGURES = (
+    "accuracy.png",
+    "classifier_norms.png",
+    "feature_deviation.png",
+    "confusion.png",
+    "tsne.png",
+)
+# Copied into analysis.json to say which run the numbers describe.
+CONFIG_SUMMARY_FIELDS = (
+    "dataset",
+    "imbalance",
+    "imbalance_ratio",
+    "max_per_class",
+    "loss",
+    "gamma",
+    "epochs",
+    "seed",
+)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the flags of `python -m cdt_tf.analyze` in flag_values (called by `run`, not on import)."""
+    define_string = functools.partial(flags.DEFINE_string, flag_values=flag_values)
+    define_integer = functools.partial(flags.DEFINE_integer, flag_values=flag_values)
+    define_string("model_dir", None, "Directory of a finished cdt_tf.main run.")
+    define_string(
+        "out_dir", None, "Where to write analysis.json and the PNGs (default <model_dir>/analysis)."
+    )
+    define_integer("num_rounds", 1000, "R, sub-sampling rounds of the feature deviation dis(c).")
+    define_integer(
+        "sample_size", 0, "K, training features sub-sampled per round (0: the smallest class size)."
+    )
+    define_integer("tsne_per_class", 25, "Training and test images per class in the t-SNE (0: no t-SNE).")
+    define_integer("seed", 0, "Seeds the sub-sampling and the t-SNE.")
+    define_string("data_dir", None, "Read the data from here instead of the run's --data_dir (moved data).")
+    flags.mark_flag_as_required("model_dir", flag_values=flag_values)
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {path} ({error})") from error
+
+
+def config_from_dict(values: dict) -> Config:
+    """The Config stored in a run's config.json (fields it lacks take their defaults)."""
+    names = {field.name for field in dataclasses.fields(Config)}
+    values = {k: v for k, v in values.items() if k in names}
+    try:
+        values["decay_epochs"] = tuple(values.get("decay_epochs", ()))
+        values["decay_multipliers"] = tuple(values.get("decay_multipliers", ()))
+        return Config(**values).validate()
+    except (TypeError, UserError) as error:
+        raise UserError(f"config.json does not hold a valid cdt_tf config ({error})") from error
+
+
+def read_run_dir(model_dir: str) -> tuple[Config, dict, dict]:
+    """(config, subset.json, results.json) of a finished run. Raises UserError naming what is missing.
+
+    Reads only JSON files: a bad directory is refused before TensorFlow is imported.
+    """
+    if not model_dir or not os.path.isdir(model_dir):
+        raise UserError(f"--model_dir {model_dir} does not exist; pass the directory of a cdt_tf.main run")
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise UserError(f"{model_dir} holds no config.json: it is not a cdt_tf.main run directory")
+    missing = [
+        name for name in ("model.keras", "results.json") if not os.path.exists(os.path.join(model_dir, name))
+    ]
+    if missing:
+        raise UserError(
+            f"{model_dir} holds an unfinished run (no {' or '.join(missing)}); "
+            "finish it by running its training command again"
+        )
+    subset_path = os.path.join(model_dir, "subset.json")
+    if not os.path.exists(subset_path):
+        raise UserError(f"{model_dir} holds no subset.json, so its training subset cannot be checked")
+    config = config_from_dict(_read_json(config_path))
+    return config, _read_json(subset_path), _read_json(os.path.join(model_dir, "results.json"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """A finished run's model and its data: the training subset (unaugmented) and the test split."""
+
+    config: Config
+    class_names: list[str]
+    class_counts: list[int]
+    train_images: np.ndarray  # uint8 [N, H, W, 3]
+    train_labels: np.ndarray  # int64 [N]
+    test_images: np.ndarray  # uint8 [M, H, W, 3]
+    test_labels: np.ndarray  # int64 [M]
+    model: object  # keras.Model: images -> logits
+
+
+def load_model(path: str):
+    """The trained keras.Model (uncompiled) of a run's model.keras."""
+    import keras
+
+    from cdt_tf import models  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a damaged or foreign file.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot load {path}: {first_line}") from error
+
+
+def load_run(model_dir: str, data_dir: str | None = None) -> RunData:
+    """Reads a finished run and re-creates its training subset, checked against subset.json's hash.
+
+    Args:
+      model_dir: the run directory.
+      data_dir: read the data from here instead of the run's own --data_dir.
+    """
+    config, subset, _ = read_run_dir(model_dir)
+    if data_dir:
+        config = dataclasses.replace(config, data_dir=data_dir)
+    from cdt_tf import input_pipeline, train  # Imports TensorFlow: after the directory is known good.
+
+    source, indices, train_labels, class_counts = train.load_data(config)
+    digest = input_pipeline.subset_hash(source.train.ids[indices])
+    if digest != subset.get("hash"):
+        raise UserError(
+            f"the training subset re-created from {model_dir}/config.json differs from its subset.json "
+            f"(hash {digest[:12]} != {str(subset.get('hash'))[:12]}); the data under --data_dir "
+            f"({config.data_dir}) is not the data the run was trained on"
+        )
+    return RunData(
+        config=config,
+        class_names=list(source.class_names),
+        class_counts=list(class_counts),
+        train_images=source.train.images(indices),
+        train_labels=np.asarray(train_labels, np.int64),
+        test_images=source.test.images(),
+        test_labels=np.asarray(source.test.labels, np.int64),
+        model=load_model(os.path.join(model_dir, "model.keras")),
+    )
+
+
+def extract(model, images: np.ndarray, labels: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
+    """Penultimate features [N, D] and decision values [N, C] in one inference pass.
+
+    Args:
+      model: a cdt_tf model (its last Dense layer is named "classifier").
+      images: uint8-range [N, H, W, 3].
+      labels: [N] (carried by the dataset, unused by the model).
+    """
+    import keras
+
+    from cdt_tf import input_pipeline
+
+    probe = keras.Model(model.inputs, [model.get_layer("classifier").input, model.outputs[0]])
+    dataset = input_pipeline.build_eval_dataset(images, labels, batch_size)
+    features, logits = probe.predict(dataset, verbose=0)
+    return np.asarray(features), np.asarray(logits)
+
+
+def classifier_kernel(model) -> np.ndarray:
+    """The classifier's kernel [D, C]: column c is w_c."""
+    import keras
+
+    return keras.ops.convert_to_numpy(model.get_layer("classifier").kernel)
+
+
+# ----------------------------------------------------------------------------- the numbers
+
+
+def compute_statistics(
+    class_counts,
+    train_features: np.ndarray,
+    train_logits: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_logits: np.ndarray,
+    test_labels: np.ndarray,
+    kernel: np.ndarray,
+    num_rounds: int = 1000,
+    sample_size: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Every statistic of analysis.json, as NumPy arrays (C classes; shapes as for cdt_tf.analysis)."""
+    num_classes = len(class_counts)
+    train_counts = np.bincount(train_labels, minlength=num_classes)
+    if sample_size is None:
+        sample_size = int(train_counts[train_counts > 0].min())
+    statistics = {
+        "num_rounds": num_rounds,
+        "sample_size": sample_size,
+        "train_counts": train_counts,
+        "test_counts": np.bincount(test_labels, minlength=num_classes),
+        "classifier_norms": analysis.classifier_norms(kernel),
+        "feature_deviation": analysis.feature_deviation(
+            train_features,
+            train_labels,
+            test_features,
+            test_labels,
+            num_rounds,
+            sample_size,
+            seed,
+            num_classes,
+        ),
+        "mean_distance": analysis.mean_deviation(
+            train_features, train_labels, test_features, test_labels, num_classes
+        ),
+    }
+    for split, logits, labels in (("train", train_logits, train_labels), ("test", test_logits, test_labels)):
+        predictions = logits.argmax(1)
+        statistics[split] = {
+            "top1": float((predictions == labels).mean()),
+            "per_class_accuracy": evaluate.per_class_accuracy(predictions, labels, num_classes),
+            "decision_values": analysis.decision_value_confusion(logits, labels, num_classes),
+            "predictions": analysis.prediction_confusion(predictions, labels, num_classes),
+        }
+    normalized_train = analysis.l2_normalize(train_features)
+    normalized_test = analysis.l2_normalize(test_features)
+    statistics["nearest_center"] = {}
+    for centers_from, features, labels in (
+        ("train_means", normalized_train, train_labels),
+        ("test_means", normalized_test, test_labels),
+    ):
+        centers = analysis.class_means(features, labels, num_classes)
+        top1, per_class = analysis.nearest_center_accuracy(normalized_test, test_labels, centers)
+        statistics["nearest_center"][centers_from] = {"top1": top1, "per_class_accuracy": per_class}
+    return statistics
+
+
+def _plain(value):
+    """JSON-ready: arrays to lists, NumPy scalars to Python numbers, NaN and inf to None."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def analysis_json(statistics: dict, class_names, config: Config, model_dir: str, figures) -> dict:
+    """The content of analysis.json (see README's Analysis section)."""
+    classes = [
+        {
+            "class": c,
+            "name": name,
+            "train_count": statistics["train_counts"][c],
+            "test_count": statistics["test_counts"][c],
+            "train_accuracy": statistics["train"]["per_class_accuracy"][c],
+            "test_accuracy": statistics["test"]["per_class_accuracy"][c],
+            "classifier_norm": statistics["classifier_norms"][c],
+            "feature_deviation": statistics["feature_deviation"][c],
+            "mean_distance": statistics["mean_distance"][c],
+        }
+        for c, name in enumerate(class_names)
+    ]
+    return _plain(
+        {
+            "model_dir": os.path.abspath(model_dir),
+            "config": {
+                **{name: getattr(config, name) for name in CONFIG_SUMMARY_FIELDS},
+                "model": config.model_name,
+            },
+            "class_names": list(class_names),
+            "feature_deviation": {
+                "num_rounds": statistics["num_rounds"],
+                "sample_size": statistics["sample_size"],
+                "features": "l2-normalised penultimate features",
+            },
+            "classes": classes,
+            "train": {k: v for k, v in statistics["train"].items() if k != "per_class_accuracy"},
+            "test": {k: v for k, v in statistics["test"].items() if k != "per_class_accuracy"},
+            "nearest_center": statistics["nearest_center"],
+            "figures": list(figures),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- the figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; no display needed.
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _class_axis(ax, order, class_names, class_counts) -> None:
+    """Classes on the x axis in `order`, each labelled with its name and N_c."""
+    step = max(1, math.ceil(len(order) / 20))
+    positions = np.arange(0, len(order), step)
+    if len(order) <= 20:
+        labels = [f"{class_names[c]}\n{class_counts[c]}" for c in order]
+    else:
+        labels = [str(class_counts[order[p]]) for p in positions]
+    ax.set_xticks(positions, labels, fontsize=8, rotation=0 if len(order) <= 20 else 90)
+    ax.set_xlabel("class (and its training images N_c)")
+
+
+def _per_class_plot(path, panels, order, class_names, class_counts, ylabel) -> None:
+    """One line per panel: panels is [(title, values [C])]."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False, sharey=True)
+    for ax, (title, values) in zip(axes[0], panels, strict=True):
+        ax.plot(np.arange(len(order)), np.asarray(values, dtype=float)[order], marker="o")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        _class_axis(ax, order, class_names, class_counts)
+    axes[0][0].set_ylabel(ylabel)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusions(path, statistics, order, class_names) -> None:
+    """2x2: mean decision values (top) and predicted labels (bottom), train (left) vs test (right)."""
+    plt = _pyplot()
+    num_classes = len(order)
+    figure, axes = plt.subplots(2, 2, figsize=(11, 10))
+    index = np.ix_(order, order)
+    decision = [statistics[s]["decision_values"][index] for s in ("train", "test")]
+    low, high = np.nanmin(decision), np.nanmax(decision)
+    for column, split in enumerate(("train", "test")):
+        for row, (key, limits, fmt) in enumerate(
+            (("decision_values", (low, high), "{:.1f}"), ("predictions", (0.0, 1.0), "{:.2f}"))
+        ):
+            ax = axes[row][column]
+            matrix = statistics[split][key][index]
+            image = ax.imshow(matrix, cmap="viridis", vmin=limits[0], vmax=limits[1])
+            figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+            what = "mean decision value" if key == "decision_values" else "fraction predicted"
+            ax.set_title(f"{split}: {what}")
+            ax.set_xlabel("class c'")
+            ax.set_ylabel("true class")
+            if num_classes <= 20:
+                names = [class_names[c] for c in order]
+                ax.set_xticks(range(num_classes), names, fontsize=7, rotation=90)
+                ax.set_yticks(range(num_classes), names, fontsize=7)
+            if num_classes <= 12:
+                middle = (limits[0] + limits[1]) / 2
+                for i in range(num_classes):
+                    for j in range(num_classes):
+                        if np.isfinite(matrix[i, j]):
+                            color = "black" if matrix[i, j] > middle else "white"
+                            ax.text(
+                                j,
+                                i,
+                                fmt.format(matrix[i, j]),
+                                ha="center",
+                                va="center",
+                                fontsize=6,
+                                color=color,
+                            )
+    figure.suptitle("Confusion matrices, classes by decreasing N_c (Fig. 4/5)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def tsne_embedding(features: np.ndarray, seed: int) -> np.ndarray:
+    """2-D t-SNE of l2-normalised features [N, D] -> [N, 2] (scikit-learn, seeded)."""
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    perplexity = min(30.0, (len(features) - 1) / 3.0)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    # One thread: a few thousand points take seconds on one core, while OpenMP's spinning threads
+    # made the same t-SNE of 100 points 100x slower (0.3 s -> 39 s) on a busy 2-core machine.
+    with threadpool_limits(1):
+        return tsne.fit_transform(analysis.l2_normalize(features))
+
+
+def plot_tsne(path, points, labels, is_test, class_names, class_counts) -> None:
+    """Training (circle) and test (cross) points, one colour per class."""
+    plt = _pyplot()
+    num_classes = len(class_names)
+    colormap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "hsv")
+    figure, ax = plt.subplots(figsize=(8, 7))
+    for c in range(num_classes):
+        color = colormap(c % colormap.N if num_classes <= 20 else c / num_classes)
+        train, test = (labels == c) & ~is_test, (labels == c) & is_test
+        ax.scatter(
+            *points[train].T, marker="o", s=18, color=color, label=f"{class_names[c]} ({class_counts[c]})"
+        )
+        ax.scatter(*points[test].T, marker="x", s=22, color=color)
+    if num_classes <= 20:
+        ax.legend(fontsize=7, title="class (N_c)", loc="best", markerscale=1.2)
+    ax.set_title("t-SNE of penultimate features: training (o) and test (x)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run_analysis(
+    model_dir: str,
+    out_dir: str | None = None,
+    num_rounds: int = 1000,
+    sample_size: int = 0,
+    tsne_per_class: int = 25,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> str:
+    """Analyses a finished run; returns the path of the analysis.json it wrote. See the module docstring."""
+    if num_rounds < 1 or sample_size < 0 or tsne_per_class < 0:
+        raise UserError("--num_rounds must be >= 1 and --sample_size and --tsne_per_class >= 0")
+    _, subset, _ = read_run_dir(model_dir)  # Refuses a bad directory before TensorFlow loads.
+    smallest = min((n for n in subset.get("class_counts", []) if n > 0), default=0)
+    if sample_size > smallest:
+        raise UserError(f"--sample_size={sample_size} exceeds the smallest class size N_min={smallest}")
+    out_dir = out_dir or os.path.join(model_dir, "analysis")
+    print(f"Loading the run in {model_dir} ...", flush=True)
+    run = load_run(model_dir, data_dir)
+    counts = run.class_counts
+    print(
+        f"Extracting features: {len(run.train_labels)} training and {len(run.test_labels)} test images ...",
+        flush=True,
+    )
+    train_features, train_logits = extract(run.model, run.train_images, run.train_labels)
+    test_features, test_logits = extract(run.model, run.test_images, run.test_labels)
+    kernel = classifier_kernel(run.model)
+    print(f"Feature deviation ({num_rounds} rounds) and the other statistics ...", flush=True)
+    statistics = compute_statistics(
+        counts,
+        train_features,
+        train_logits,
+        run.train_labels,
+        test_features,
+        test_logits,
+        run.test_labels,
+        kernel,
+        num_rounds,
+        sample_size or None,
+        seed,
+    )
+
+    os.makedirs(out_dir, exist_ok=True)
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    names = run.class_names
+    train_accuracy = 100 * statistics["train"]["per_class_accuracy"]
+    test_accuracy = 100 * statistics["test"]["per_class_accuracy"]
+    _per_class_plot(
+        os.path.join(out_dir, "accuracy.png"),
+        [
+            (f"(a) training accuracy (mean {np.nanmean(train_accuracy):.1f}%)", train_accuracy),
+            (f"(b) test accuracy (mean {np.nanmean(test_accuracy):.1f}%)", test_accuracy),
+        ],
+        order,
+        names,
+        counts,
+        "accuracy (%)",
+    )
+    _per_class_plot(
+        os.path.join(out_dir, "classifier_norms.png"),
+        [("(c) classifier norm", statistics["classifier_norms"])],
+        order,
+        names,
+        counts,
+        "||w_c||_2",
+    )
+    _per_class_plot(
+        os.path.join(out_dir, "feature_deviation.png"),
+        [
+            (
+                f"(d) feature deviation (K={statistics['sample_size']}, R={num_rounds})",
+                statistics["feature_deviation"],
+            )
+        ],
+        order,
+        names,
+        counts,
+        "dis(c)",
+    )
+    plot_confusions(os.path.join(out_dir, "confusion.png"), statistics, order, names)
+    figures = list(FIGURES[:-1])
+    if tsne_per_class:
+        train_pick = analysis.sample_per_class(run.train_labels, tsne_per_class, seed, len(names))
+        test_pick = analysis.sample_per_class(run.test_labels, tsne_per_class, seed, len(names))
+        features = np.concatenate([train_features[train_pick], test_features[test_pick]])
+        if len(features) >= 4:
+            print(f"t-SNE of {len(features)} features ...", flush=True)
+            labels = np.concatenate([run.train_labels[train_pick], run.test_labels[test_pick]])
+            is_test = np.arange(len(features)) >= len(train_pick)
+            points = tsne_embedding(features, seed)
+            plot_tsne(os.path.join(out_dir, "tsne.png"), points, labels, is_test, names, counts)
+            figures.append("tsne.png")
+
+    path = os.path.join(out_dir, "analysis.json")
+    content = analysis_json(statistics, names, run.config, model_dir, figures)
+    with open(path, "w") as f:
+        json.dump(content, f, indent=2, allow_nan=False)
+        f.write("\n")
+    return path
+
+
+def format_summary(content: dict) -> str:
+    """A plain-text per-class table of analysis.json's main numbers."""
+    width = max(5, *(len(c["name"]) for c in content["classes"]))
+    lines = [f"{'class':<{width}}  {'N_c':>6}  {'train':>7}  {'test':>7}  {'||w_c||':>7}  {'dis(c)':>7}"]
+    show = lambda value, scale=1.0, digits=2: (
+        "n/a" if value is None else f"{scale * value:.{digits}f}"
+    )  # noqa: E731
+    for c in content["classes"]:
+        lines.append(
+            f"{c['name']:<{width}}  {c['train_count']:>6}  {show(c['train_accuracy'], 100, 1):>6}%  "
+            f"{show(c['test_accuracy'], 100, 1):>6}%  {show(c['classifier_norm']):>7}  "
+            f"{show(c['feature_deviation'], 1, 3):>7}"
+        )
+    ncm = content["nearest_center"]
+    lines.append(
+        f"test top-1: linear {100 * content['test']['top1']:.2f}%, nearest centre with training means "
+        f"{100 * ncm['train_means']['top1']:.2f}%, with test means {100 * ncm['test_means']['top1']:.2f}%"
+    )
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    flag_values = flags.FLAGS
+    try:
+        path = run_analysis(
+            flag_values.model_dir,
+            flag_values.out_dir,
+            flag_values.num_rounds,
+            flag_values.sample_size,
+            flag_values.tsne_per_class,
+            flag_values.seed,
+            flag_values.data_dir,
+        )
+    except UserError as error:
+        print(f"cdt_tf: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    with open(path) as f:
+        content = json.load(f)
+    print(format_summary(content))
+    print(f"Analysis: {path}; figures: {', '.join(content['figures'])}")
+
+
+def run():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
