@@ -5,6 +5,7 @@ Public API:
   CDTLoss, cdt_cross_entropy                           the CDT objective
   CoupledDecaySGD, WarmupStepDecay                     the paper's optimizer and schedule
   cifar_resnet, build_model                            networks
+  NcTauCalibration, nc_tau_calibrate                   post-hoc calibration logits / N_c^tau (eq. 5)
 """
 
 from cdt_tf.class_stats import class_temperatures, imbalanced_counts, shot_groups
@@ -19,6 +20,8 @@ __all__ = [
     "WarmupStepDecay",
     "cifar_resnet",
     "build_model",
+    "NcTauCalibration",
+    "nc_tau_calibrate",
 ]
 
 
@@ -36,6 +39,10 @@ def __getattr__(name):
         from cdt_tf.schedules import WarmupStepDecay
 
         return WarmupStepDecay
+    if name in ("NcTauCalibration", "nc_tau_calibrate"):
+        from cdt_tf import calibration
+
+        return getattr(calibration, name)
     if name in ("cifar_resnet", "build_model"):
         from cdt_tf import models
 
