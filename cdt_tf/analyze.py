@@ -342,7 +342,11 @@ def _class_axis(ax, order, class_names, class_counts) -> None:
         labels = [f"{class_names[c]}\n{class_counts[c]}" for c in order]
     else:
         labels = [str(class_counts[order[p]]) for p in positions]
-    ax.set_xticks(positions, labels, fontsize=8, rotation=0 if len(order) <= 20 else 90)
+    # Names longer than a few characters would run into each other side by side: slant them.
+    slanted = len(order) > 20 or max(len(class_names[c]) for c in order) > 6
+    ax.set_xticks(
+        positions, labels, fontsize=8, rotation=45 if slanted else 0, ha="right" if slanted else "center"
+    )
     ax.set_xlabel("class (and its training images N_c)")
 
 
