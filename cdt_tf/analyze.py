@@ -80,7 +80,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 # ----------------------------------------------------------------------------- reading a run
 
 
-def _read_json(path: str):
+def read_json(path: str):
+    """The JSON content of a file; UserError (one line) when it is missing or malformed."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -121,8 +122,8 @@ def read_run_dir(model_dir: str) -> tuple[Config, dict, dict]:
     subset_path = os.path.join(model_dir, "subset.json")
     if not os.path.exists(subset_path):
         raise UserError(f"{model_dir} holds no subset.json, so its training subset cannot be checked")
-    config = config_from_dict(_read_json(config_path))
-    return config, _read_json(subset_path), _read_json(os.path.join(model_dir, "results.json"))
+    config = config_from_dict(read_json(config_path))
+    return config, read_json(subset_path), read_json(os.path.join(model_dir, "results.json"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,25 +15,10 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, run_cli
+from conftest import DIGITS_SMOKE, REPO_ROOT, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("accuracy.png", "classifier_norms.png", "feature_deviation.png", "confusion.png", "tsne.png")
-DIGITS_SMOKE = (
-    "--dataset=digits",
-    "--imbalance=exp",
-    "--imbalance_ratio=10",
-    "--loss=cdt",
-    "--gamma=0.3",
-    "--epochs=2",
-    "--steps_per_epoch=2",
-    "--batch_size=32",
-    "--warmup_epochs=1",
-    "--decay_epochs=1",
-    "--decay_multipliers=0.1",
-    "--eval_every=1",
-    "--checkpoint_every=1",
-)
 STATISTICS = ("train_accuracy", "test_accuracy", "classifier_norm", "feature_deviation")
 
 

@@ -13,6 +13,23 @@ CIFAR10_JPEG = os.path.join(REPO_ROOT, "..", "shared", "data", "cifar10-jpeg")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# A two-step CDT training run on digits: the fastest real run of the CLI.
+DIGITS_SMOKE = (
+    "--dataset=digits",
+    "--imbalance=exp",
+    "--imbalance_ratio=10",
+    "--loss=cdt",
+    "--gamma=0.3",
+    "--epochs=2",
+    "--steps_per_epoch=2",
+    "--batch_size=32",
+    "--warmup_epochs=1",
+    "--decay_epochs=1",
+    "--decay_multipliers=0.1",
+    "--eval_every=1",
+    "--checkpoint_every=1",
+)
+
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs `python -m cdt_tf.main ARGS` in the repository root and returns the finished process."""

@@ -9,23 +9,7 @@ import numpy as np
 import pytest
 
 from cdt_tf import imbalanced_counts
-from conftest import CIFAR10_JPEG
-
-DIGITS_SMOKE = (
-    "--dataset=digits",
-    "--imbalance=exp",
-    "--imbalance_ratio=10",
-    "--loss=cdt",
-    "--gamma=0.3",
-    "--epochs=2",
-    "--steps_per_epoch=2",
-    "--batch_size=32",
-    "--warmup_epochs=1",
-    "--decay_epochs=1",
-    "--decay_multipliers=0.1",
-    "--eval_every=1",
-    "--checkpoint_every=1",
-)
+from conftest import CIFAR10_JPEG, DIGITS_SMOKE
 
 
 def _one_line_error(result, *fragments):

@@ -12,7 +12,6 @@ all classes.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import defaultdict
@@ -23,6 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from cdt_tf.analyze import read_json  # noqa: E402
+from cdt_tf.errors import UserError  # noqa: E402
+
 flags.DEFINE_list(
     "runs", None, "Run directories (comma-separated) of one dataset, ERM and CDT with any gamma."
 )
@@ -30,18 +32,6 @@ flags.DEFINE_string("out", "gamma_sweep.png", "Output PNG.")
 flags.DEFINE_integer("max_lines", 10, "Classes drawn (spread over the N_c order); all when C is not larger.")
 flags.mark_flag_as_required("runs")
 FLAGS = flags.FLAGS
-
-
-class ToolError(Exception):
-    """Bad input; printed as one line."""
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ToolError(f"cannot read {path} ({error})") from error
 
 
 def run_gamma(config: dict) -> float:
@@ -57,7 +47,7 @@ def train_accuracy(run_dir: str) -> np.ndarray:
     """Per-class training accuracy [C] of a run, from its analysis.json or computed from model.keras."""
     analysis_path = os.path.join(run_dir, "analysis", "analysis.json")
     if os.path.exists(analysis_path):
-        return _accuracies([c["train_accuracy"] for c in _read_json(analysis_path)["classes"]])
+        return _accuracies([c["train_accuracy"] for c in read_json(analysis_path)["classes"]])
     print(
         f"{run_dir}: no analysis/analysis.json; computing the training accuracy from model.keras", flush=True
     )
@@ -67,7 +57,7 @@ def train_accuracy(run_dir: str) -> np.ndarray:
     try:
         run = analyze.load_run(run_dir)
     except UserError as error:
-        raise ToolError(str(error)) from error
+        raise UserError(str(error)) from error
     _, logits = analyze.extract(run.model, run.train_images, run.train_labels)
     return evaluate.per_class_accuracy(logits.argmax(1), run.train_labels, len(run.class_names))
 
@@ -77,11 +67,11 @@ def collect(run_dirs: list[str]):
     by_gamma = defaultdict(list)
     first = None
     for run_dir in run_dirs:
-        results = _read_json(os.path.join(run_dir, "results.json"))
+        results = read_json(os.path.join(run_dir, "results.json"))
         if first is None:
             first = results
         elif results["class_names"] != first["class_names"]:
-            raise ToolError(f"{run_dir} has other classes than {run_dirs[0]}; sweep runs of one dataset")
+            raise UserError(f"{run_dir} has other classes than {run_dirs[0]}; sweep runs of one dataset")
         test = _accuracies(results["per_class_accuracy"])
         by_gamma[run_gamma(results.get("config", {}))].append((train_accuracy(run_dir), test))
     gammas = sorted(by_gamma)
@@ -136,7 +126,7 @@ def main(argv):
         raise app.UsageError("--max_lines must be >= 1")
     try:
         gammas, train, test, runs_per_gamma, first = collect(FLAGS.runs)
-    except ToolError as error:
+    except UserError as error:
         print(f"plot_gamma_sweep: error: {error}", file=sys.stderr)
         sys.exit(2)
     plot(

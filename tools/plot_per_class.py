@@ -9,12 +9,16 @@ the first run and labelled with its N_c; all runs must have the same classes.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-import numpy as np
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from cdt_tf.analyze import read_json  # noqa: E402
+from cdt_tf.errors import UserError  # noqa: E402
 
 flags.DEFINE_list("runs", None, "Run directories (comma-separated), each holding results.json.")
 flags.DEFINE_string("out", "per_class_accuracy.png", "Output PNG.")
@@ -23,17 +27,9 @@ flags.mark_flag_as_required("runs")
 FLAGS = flags.FLAGS
 
 
-class ToolError(Exception):
-    """Bad input; printed as one line."""
-
-
 def read_results(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "results.json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ToolError(f"cannot read {path} ({error}); is {run_dir} a finished cdt_tf.main run?") from error
+    """results.json of a finished cdt_tf.main run."""
+    return read_json(os.path.join(run_dir, "results.json"))
 
 
 def run_label(config: dict) -> str:
@@ -96,16 +92,16 @@ def main(argv):
         names = results[0]["class_names"]
         for run_dir, result in zip(FLAGS.runs, results, strict=True):
             if result["class_names"] != names:
-                raise ToolError(
+                raise UserError(
                     f"{run_dir} has other classes than {FLAGS.runs[0]}; compare runs of one dataset"
                 )
         if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.runs):
-            raise ToolError(f"--labels has {len(FLAGS.labels)} entries for {len(FLAGS.runs)} --runs")
+            raise UserError(f"--labels has {len(FLAGS.labels)} entries for {len(FLAGS.runs)} --runs")
         labels = FLAGS.labels or unique_labels([run_label(r.get("config", {})) for r in results], FLAGS.runs)
         accuracies = np.array(
             [[np.nan if a is None else a for a in r["per_class_accuracy"]] for r in results], dtype=float
         )
-    except ToolError as error:
+    except UserError as error:
         print(f"plot_per_class: error: {error}", file=sys.stderr)
         sys.exit(2)
     plot(FLAGS.out, accuracies, labels, names, results[0]["class_counts"])
