@@ -165,7 +165,7 @@ def load_run(model_dir: str, data_dir: str | None = None) -> RunData:
         config = dataclasses.replace(config, data_dir=data_dir)
     from cdt_tf import input_pipeline, train  # Imports TensorFlow: after the directory is known good.
 
-    source, indices, train_labels, class_counts = train.load_data(config)
+    source, indices, train_labels, class_counts, _ = train.load_data(config)
     digest = input_pipeline.subset_hash(source.train.ids[indices])
     if digest != subset.get("hash"):
         raise UserError(

@@ -39,6 +39,31 @@ class ScheduleLogger(keras.callbacks.Callback):
             logs.update(self._values)
 
 
+class VariableSchedule(keras.callbacks.Callback):
+    """At each epoch's start, assigns `schedule(epoch)` to a variable (a loss's gamma or class weights).
+
+    Resumed runs get the right value: Keras calls on_epoch_begin with the restored epoch.
+    `log_name`/`log_value` add a scalar of the value to the epoch's logs (TensorBoard); list
+    this callback before TensorBoard.
+    """
+
+    def __init__(self, variable, schedule, log_name: str | None = None, log_value=None):
+        super().__init__()
+        self.variable, self.schedule = variable, schedule
+        self.log_name = log_name
+        self.log_value = log_value or (lambda value: float(np.mean(value)))
+        self._logged = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        value = self.schedule(epoch)
+        self.variable.assign(keras.ops.cast(value, self.variable.dtype))
+        self._logged = self.log_value(value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.log_name and logs is not None:
+            logs[self.log_name] = self._logged
+
+
 class PerClassEvaluation(keras.callbacks.Callback):
     """Every `every` epochs (and after the last), evaluates the test set per class.
 

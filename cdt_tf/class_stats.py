@@ -72,6 +72,57 @@ def class_temperatures(class_counts: Sequence[int], gamma: float) -> np.ndarray:
     return (counts.max() / counts) ** gamma
 
 
+def reweighting_weights(class_counts: Sequence[int], gamma: float) -> np.ndarray:
+    """The paper's re-weighting: w_c proportional to N_c^-gamma, normalised to average 1 over classes.
+
+    w_c = C * N_c^-gamma / sum_k N_k^-gamma, so sum_c w_c = C. gamma = 0 gives all ones;
+    gamma = 1 is inverse class frequency.
+
+    Returns:
+      float64 [C].
+    """
+    counts = _positive_counts(class_counts)
+    if not gamma >= 0:
+        raise ValueError(f"re-weighting gamma must be >= 0, got {gamma}")
+    weights = counts**-gamma
+    return weights * counts.size / weights.sum()
+
+
+def effective_number_weights(class_counts: Sequence[int], beta: float = 0.9999) -> np.ndarray:
+    """Class-balanced weights of Cui et al. (CVPR 2019) from the effective number of samples.
+
+    E_c = (1 - beta^N_c) / (1 - beta);  w_c = C * (1 / E_c) / sum_k (1 / E_k), so sum_c w_c = C.
+    beta = 0 gives all ones; beta -> 1 approaches inverse class frequency.
+
+    Returns:
+      float64 [C].
+    """
+    counts = _positive_counts(class_counts)
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return weights * counts.size / weights.sum()
+
+
+def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> np.ndarray:
+    """LDAM margins of Cao et al. (NeurIPS 2019): m_c proportional to N_c^-1/4, the largest = max_margin.
+
+    Returns:
+      float64 [C].
+    """
+    counts = _positive_counts(class_counts)
+    if not max_margin >= 0:
+        raise ValueError(f"max_margin must be >= 0, got {max_margin}")
+    margins = counts**-0.25
+    return margins * (max_margin / margins.max())
+
+
+def log_prior(class_counts: Sequence[int]) -> np.ndarray:
+    """log pi_c = log(N_c / sum_k N_k), the training label prior (logit adjustment), float64 [C]."""
+    counts = _positive_counts(class_counts)
+    return np.log(counts / counts.sum())
+
+
 def shot_groups(class_counts: Sequence[int]) -> dict[str, np.ndarray]:
     """Boolean masks [C] of the many (> 100), medium (20..100) and few (< 20) shot classes."""
     counts = np.asarray(class_counts)

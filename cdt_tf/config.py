@@ -18,7 +18,11 @@ from cdt_tf.errors import UserError
 
 # The CLI's vocabulary. Kept here, free of TensorFlow, so that bad flags are refused
 # at once; the modules that implement each name are tested against these lists.
-LOSSES = ("ce", "cdt")
+LOSSES = ("ce", "cdt", "reweight", "focal", "cb", "ldam", "la")
+SAMPLERS = ("instance", "class_balanced")
+GAMMA_SCHEDULES = ("constant", "step", "linear")
+CLASSIFIERS = ("auto", "linear", "cosine")
+WEIGHT_REDUCTIONS = ("weights", "batch_size")  # Tested against losses.WEIGHT_REDUCTIONS.
 AUGMENTATIONS = ("auto", "crop_flip", "none")
 MODEL_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "digits_convnet")
 
@@ -63,8 +67,77 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         ("auto",) + MODEL_NAMES,
         "Network. auto: resnet32, or digits_convnet for digits.",
     )
-    define["enum"]("loss", "ce", LOSSES, "Training objective: ce (ERM) or cdt.")
-    define["float"]("gamma", 0.0, "CDT exponent: a_c = (N_max / N_c)^gamma, >= 0.")
+    define["enum"](
+        "classifier",
+        "auto",
+        CLASSIFIERS,
+        "Last layer: linear (Dense with bias) or cosine (normalised features and weights, no bias). "
+        "auto: cosine for --loss=ldam (as its reference code), else linear.",
+    )
+    define["enum"](
+        "loss",
+        "ce",
+        LOSSES,
+        "Training objective: ce (ERM), cdt (class-dependent temperatures), reweight (weights N_c^-gamma), "
+        "focal, cb (class-balanced, effective number), ldam (label-distribution-aware margins), "
+        "la (logit-adjusted).",
+    )
+    define["float"](
+        "gamma",
+        0.0,
+        "cdt: temperature exponent, a_c = (N_max / N_c)^gamma. reweight: weight exponent, w_c ~ N_c^-gamma. >= 0.",
+    )
+    define["enum"](
+        "gamma_schedule",
+        "constant",
+        GAMMA_SCHEDULES,
+        "How gamma (cdt, reweight) moves during training: constant; step (0 before --gamma_epoch, then "
+        "gamma: the paper's iNaturalist recipe); linear (0 at epoch 0 rising to gamma at --gamma_epoch).",
+    )
+    define["integer"]("gamma_epoch", 0, "0-based epoch of --gamma_schedule's switch or end of ramp.")
+    define["float"]("focal_gamma", 1.0, "focal: the focusing exponent of (1 - p_y)^focal_gamma.")
+    define["enum"](
+        "cb_loss", "softmax", ("softmax", "focal"), "cb: weight softmax cross-entropy or the focal loss."
+    )
+    define["float"](
+        "cb_beta", 0.9999, "cb and DRW: beta of the effective number (1 - beta^N_c) / (1 - beta)."
+    )
+    define["float"]("ldam_max_margin", 0.5, "ldam: the largest margin (of the smallest class).")
+    define["float"]("ldam_scale", 30.0, "ldam: scale s of the cosine logits.")
+    define["float"]("la_tau", 1.0, "la: the logit adjustment tau * log prior added in training.")
+    define["integer"](
+        "drw_epoch",
+        0,
+        "Deferred re-weighting: 0-based epoch from which class-balanced (effective-number, --cb_beta) "
+        "weights are switched on (LDAM-DRW uses 160). 0: off.",
+    )
+    define["enum"](
+        "class_weight_reduction",
+        "weights",
+        WEIGHT_REDUCTIONS,
+        "Reduction of class-weighted losses: weights (sum w l / sum w, the PyTorch reference code) or "
+        "batch_size (sum w l / B, Keras's class_weight).",
+    )
+    define["enum"](
+        "sampler",
+        "instance",
+        SAMPLERS,
+        "instance: shuffle the training subset. class_balanced: each example's class drawn uniformly, "
+        "then an image of that class (re-sampling).",
+    )
+    # Post-hoc calibration and held-out selection.
+    define["integer"](
+        "holdout_per_class",
+        0,
+        "Hold out K training images per class (from the imbalanced subset) as a balanced validation "
+        "split to select post-hoc tau on (the paper's Table 9). 0: select on the test set, labelled so.",
+    )
+    define["string"](
+        "tau_from",
+        None,
+        "A finished --holdout_per_class run directory: use its held-out-selected post-hoc taus here "
+        "(the second step of the Table 9 protocol: retrain on the full subset).",
+    )
     # Optimisation (the paper's CIFAR recipe).
     define["integer"]("epochs", 200, "Training epochs.")
     define["integer"]("batch_size", 128, "Global batch size (summed over replicas).")
@@ -105,8 +178,22 @@ class Config:
     image_size: int = 0
     augmentation: str = "auto"
     model: str = "auto"
+    classifier: str = "auto"
     loss: str = "ce"
     gamma: float = 0.0
+    gamma_schedule: str = "constant"
+    gamma_epoch: int = 0
+    focal_gamma: float = 1.0
+    cb_loss: str = "softmax"
+    cb_beta: float = 0.9999
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+    la_tau: float = 1.0
+    drw_epoch: int = 0
+    class_weight_reduction: str = "weights"
+    sampler: str = "instance"
+    holdout_per_class: int = 0
+    tau_from: str | None = None
     epochs: int = 200
     batch_size: int = 128
     learning_rate: float = 0.1
@@ -123,7 +210,7 @@ class Config:
     stats_every: int = 0
 
     # Fields that do not change what a run computes: a run may be resumed with others.
-    RESUMABLE_FIELDS = ("model_dir", "eval_every", "checkpoint_every", "stats_every")
+    RESUMABLE_FIELDS = ("model_dir", "eval_every", "checkpoint_every", "stats_every", "tau_from")
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> Config:
@@ -145,6 +232,12 @@ class Config:
         return "digits_convnet" if self.dataset == "digits" else "resnet32"
 
     @property
+    def classifier_name(self) -> str:
+        if self.classifier != "auto":
+            return self.classifier
+        return "cosine" if self.loss == "ldam" else "linear"
+
+    @property
     def augmentation_name(self) -> str:
         if self.augmentation != "auto":
             return self.augmentation
@@ -158,6 +251,39 @@ class Config:
                 f"unknown dataset {self.dataset!r}; use one of {datasets.DATASETS}",
             ),
             (self.loss in LOSSES, f"unknown loss {self.loss!r}; use one of {LOSSES}"),
+            (self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}"),
+            (
+                self.gamma_schedule == "constant" or self.loss in ("cdt", "reweight"),
+                f"--gamma_schedule={self.gamma_schedule} moves gamma, which only --loss=cdt and "
+                f"--loss=reweight use; got --loss={self.loss}",
+            ),
+            (
+                self.gamma_schedule == "constant" or 1 <= self.gamma_epoch < self.epochs,
+                f"--gamma_schedule={self.gamma_schedule} needs 1 <= --gamma_epoch < --epochs "
+                f"({self.epochs}), got {self.gamma_epoch}",
+            ),
+            (
+                0 <= self.drw_epoch < self.epochs,
+                f"--drw_epoch must be in [0, --epochs={self.epochs}) (0: off), got {self.drw_epoch}",
+            ),
+            (
+                self.drw_epoch == 0 or self.loss != "reweight",
+                "--drw_epoch with --loss=reweight: defer its weights with --gamma_schedule=step "
+                "--gamma_epoch=E instead",
+            ),
+            (self.focal_gamma >= 0, f"--focal_gamma must be >= 0, got {self.focal_gamma}"),
+            (0 <= self.cb_beta < 1, f"--cb_beta must be in [0, 1), got {self.cb_beta}"),
+            (self.ldam_max_margin >= 0, f"--ldam_max_margin must be >= 0, got {self.ldam_max_margin}"),
+            (self.ldam_scale > 0, f"--ldam_scale must be > 0, got {self.ldam_scale}"),
+            (math.isfinite(self.la_tau), f"--la_tau must be a number, got {self.la_tau}"),
+            (
+                self.holdout_per_class >= 0,
+                f"--holdout_per_class must be >= 0 (0: off), got {self.holdout_per_class}",
+            ),
+            (
+                not (self.tau_from and self.holdout_per_class),
+                "--tau_from applies held-out taus to a run on the full subset; drop --holdout_per_class",
+            ),
             (
                 self.imbalance in class_stats.PROFILES,
                 f"unknown imbalance {self.imbalance!r}; use one of {class_stats.PROFILES}",
@@ -212,10 +338,18 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def differences(self, other: dict) -> list[str]:
-        """Fields (other than RESUMABLE_FIELDS) whose values differ from a stored config dict."""
+        """Fields (other than RESUMABLE_FIELDS) whose values differ from a stored config dict.
+
+        A field missing from the stored dict (written by an older version) counts as its default.
+        """
         mine = self.to_dict()
+        defaults = {
+            f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+            for f in dataclasses.fields(self)
+            if f.default is not dataclasses.MISSING
+        }
         return sorted(
             key
             for key in set(mine) | set(other)
-            if key not in self.RESUMABLE_FIELDS and mine.get(key) != other.get(key)
+            if key not in self.RESUMABLE_FIELDS and mine.get(key) != other.get(key, defaults.get(key))
         )

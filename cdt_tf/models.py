@@ -2,8 +2,9 @@
 
 Every model takes uint8-range images [batch, H, W, 3] (any real dtype) and
 normalises them itself, so the exported graph needs no outside preprocessing.
-The last Dense layer is named "classifier"; its input is the penultimate
-feature f(x) of the paper and its kernel holds the w_c.
+The last layer is named "classifier": a Dense layer (linear, with bias) or a
+`CosineClassifier`; its input is the penultimate feature f(x) of the paper and
+its kernel [D, C] holds the w_c.
 """
 
 from __future__ import annotations
@@ -124,7 +125,41 @@ def _basic_block(x, filters: int, strides: int, name: str):
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def _classifier(features, num_classes: int):
+CLASSIFIERS = ("linear", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="cdt_tf")
+class CosineClassifier(layers.Layer):
+    """Normalised linear classifier: z_c = <f / ||f||, w_c / ||w_c||>, in [-1, 1], no bias.
+
+    The last layer of LDAM's reference code (its NormedLinear); the loss scales z. Kernel [D, C].
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), initializer=_he_normal(), name="kernel", dtype="float32"
+        )
+
+    def call(self, inputs):
+        features = keras.ops.normalize(keras.ops.cast(inputs, "float32"), axis=-1)
+        return keras.ops.matmul(features, keras.ops.normalize(self.kernel, axis=0))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def _classifier(features, num_classes: int, kind: str = "linear"):
+    if kind == "cosine":
+        return CosineClassifier(num_classes, name="classifier", dtype="float32")(features)
+    if kind != "linear":
+        raise ValueError(f"unknown classifier {kind!r}; use one of {CLASSIFIERS}")
     return layers.Dense(num_classes, kernel_initializer=_he_normal(), name="classifier", dtype="float32")(
         features
     )
@@ -136,6 +171,7 @@ def cifar_resnet(
     input_shape: Sequence[int] = (32, 32, 3),
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.25, 0.25, 0.25),
+    classifier: str = "linear",
 ) -> keras.Model:
     """He et al.'s CIFAR ResNet: 3 stages of (depth - 2) / 6 basic blocks, widths 16/32/64.
 
@@ -144,6 +180,7 @@ def cifar_resnet(
       num_classes: width of the classifier.
       input_shape: [H, W, 3] of the uint8-range input.
       mean, std: per-channel statistics of images scaled to [0, 1].
+      classifier: "linear" (Dense) or "cosine" (`CosineClassifier`).
 
     Returns:
       A functional model: [B, H, W, 3] -> logits [B, num_classes] (float32).
@@ -158,7 +195,7 @@ def cifar_resnet(
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes), name=f"resnet{depth}")
+    return keras.Model(inputs, _classifier(features, num_classes, classifier), name=f"resnet{depth}")
 
 
 def digits_convnet(
@@ -166,24 +203,27 @@ def digits_convnet(
     input_shape: Sequence[int] = (8, 8, 3),
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.25, 0.25, 0.25),
+    classifier: str = "linear",
 ) -> keras.Model:
     """A small ConvNet for the 8x8 digits demo: 2 conv-BN-ReLU blocks, global pooling, Dense."""
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = _conv_bn_relu(_normalize(inputs, mean, std), 32, 1, "block1")
     x = _conv_bn_relu(x, 64, 2, "block2")
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes), name="digits_convnet")
+    return keras.Model(inputs, _classifier(features, num_classes, classifier), name="digits_convnet")
 
 
 MODEL_NAMES = tuple(f"resnet{d}" for d in CIFAR_RESNET_DEPTHS) + ("digits_convnet",)
 
 
-def build_model(name: str, num_classes: int, input_shape, mean, std) -> keras.Model:
-    """Builds a model by name (one of MODEL_NAMES)."""
+def build_model(
+    name: str, num_classes: int, input_shape, mean, std, classifier: str = "linear"
+) -> keras.Model:
+    """Builds a model by name (one of MODEL_NAMES) with a linear or cosine classifier."""
     if name == "digits_convnet":
-        return digits_convnet(num_classes, input_shape, mean, std)
+        return digits_convnet(num_classes, input_shape, mean, std, classifier)
     if name.startswith("resnet") and name[len("resnet") :].isdigit():
-        return cifar_resnet(int(name[len("resnet") :]), num_classes, input_shape, mean, std)
+        return cifar_resnet(int(name[len("resnet") :]), num_classes, input_shape, mean, std, classifier)
     raise ValueError(f"unknown model {name!r}; use one of {MODEL_NAMES}")
 
 

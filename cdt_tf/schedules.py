@@ -73,3 +73,27 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
             "decay_epochs": self.decay_epochs,
             "decay_multipliers": self.decay_multipliers,
         }
+
+
+def gamma_at(epoch: int, gamma: float, schedule: str = "constant", gamma_epoch: int = 0) -> float:
+    """The gamma in force during 0-based `epoch` under a --gamma_schedule.
+
+    constant: gamma. step: 0 before gamma_epoch, gamma from it on (the paper's iNaturalist
+    recipe: 0 for the first 45 of 90 epochs). linear: gamma * min(1, epoch / gamma_epoch).
+    """
+    if schedule == "constant":
+        return float(gamma)
+    if gamma_epoch < 1:
+        raise ValueError(f"gamma schedule {schedule!r} needs gamma_epoch >= 1, got {gamma_epoch}")
+    if schedule == "step":
+        return float(gamma) if epoch >= gamma_epoch else 0.0
+    if schedule == "linear":
+        return float(gamma) * min(1.0, epoch / gamma_epoch)
+    raise ValueError(f"unknown gamma schedule {schedule!r}; use constant, step or linear")
+
+
+def deferred_weights_at(epoch: int, weights: Sequence[float], drw_epoch: int) -> list[float]:
+    """Deferred re-weighting (Cao et al. 2019): all ones before drw_epoch, `weights` from it on."""
+    if drw_epoch > 0 and epoch < drw_epoch:
+        return [1.0] * len(weights)
+    return [float(w) for w in weights]

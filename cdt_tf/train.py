@@ -12,11 +12,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cdt_tf import class_stats, datasets, evaluate, input_pipeline, models
-from cdt_tf.callbacks import MetricsJsonl, PerClassEvaluation, ScheduleLogger, StopOnNaN, TrainingStatistics
+from cdt_tf import class_stats, datasets, evaluate, input_pipeline, losses, models, schedules
+from cdt_tf.callbacks import (
+    MetricsJsonl,
+    PerClassEvaluation,
+    ScheduleLogger,
+    StopOnNaN,
+    TrainingStatistics,
+    VariableSchedule,
+)
 from cdt_tf.config import Config
 from cdt_tf.errors import TrainingError, UserError
-from cdt_tf.losses import CDTLoss
 from cdt_tf.optimizers import CoupledDecaySGD
 from cdt_tf.schedules import WarmupStepDecay
 
@@ -62,8 +68,31 @@ def _write_json(path: str, value) -> None:
     os.replace(temporary, path)
 
 
+def split_holdout(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (into labels) of the kept and held-out examples: per_class of each class held out.
+
+    Seeded per class, like `select_subset`. Raises UserError when a class would keep no image.
+    """
+    labels = np.asarray(labels)
+    held = []
+    for c in range(int(labels.max()) + 1):
+        members = np.flatnonzero(labels == c)
+        if len(members) <= per_class:
+            raise UserError(
+                f"--holdout_per_class={per_class} leaves class {c} ({len(members)} images) nothing to "
+                "train on; lower --holdout_per_class"
+            )
+        held.append(np.random.default_rng([seed, c, 1]).choice(members, size=per_class, replace=False))
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
 def load_data(config: Config):
-    """The source, the training subset (indices, counts) and its decoded images."""
+    """The source, the training subset (indices, labels, counts) and the held-out indices.
+
+    With --holdout_per_class=K, K images per class of the imbalanced subset are held out
+    (the returned counts are of what is left); otherwise the held-out indices are empty.
+    """
     source = datasets.load_source(config.dataset, config.data_dir, config.image_size)
     pool_counts = np.bincount(source.train.labels, minlength=source.num_classes)
     if (pool_counts == 0).any():
@@ -82,15 +111,67 @@ def load_data(config: Config):
                 f"(N_max={max_per_class}); lower the ratio or raise --max_per_class"
             )
         indices = input_pipeline.select_subset(source.train.labels, counts, config.seed)
+    holdout = np.zeros(0, np.int64)
+    if config.holdout_per_class:
+        kept, held = split_holdout(source.train.labels[indices], config.holdout_per_class, config.seed)
+        indices, holdout = indices[kept], indices[held]
     labels = source.train.labels[indices]
     class_counts = np.bincount(labels, minlength=source.num_classes).tolist()
-    return source, indices, labels, class_counts
+    return source, indices, labels, class_counts, holdout
 
 
-def build_loss(config: Config, class_counts):
+def build_loss(config: Config, class_counts) -> keras.losses.Loss:
+    """The --loss objective. With DRW its class weights start at 1 (see `loss_schedules`)."""
+    common = {"weight_reduction": config.class_weight_reduction}
+    if config.drw_epoch:
+        common["class_weights"] = [1.0] * len(class_counts)
+    if config.loss == "ce":
+        if not config.drw_epoch:
+            return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return losses.WeightedCrossEntropy(class_counts, **common)
     if config.loss == "cdt":
-        return CDTLoss(class_counts, config.gamma)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return losses.CDTLoss(class_counts, _initial_gamma(config), **common)
+    if config.loss == "reweight":
+        return losses.ReweightedCrossEntropy(class_counts, _initial_gamma(config), **common)
+    if config.loss == "focal":
+        return losses.FocalLoss(class_counts, config.focal_gamma, **common)
+    if config.loss == "cb":
+        focal_gamma = config.focal_gamma if config.cb_loss == "focal" else 0.0
+        return losses.ClassBalancedLoss(class_counts, config.cb_beta, focal_gamma, **common)
+    if config.loss == "ldam":
+        return losses.LDAMLoss(class_counts, config.ldam_max_margin, config.ldam_scale, **common)
+    if config.loss == "la":
+        return losses.LogitAdjustedLoss(class_counts, config.la_tau, **common)
+    raise UserError(f"unknown loss {config.loss!r}")
+
+
+def _initial_gamma(config: Config) -> float:
+    return schedules.gamma_at(0, config.gamma, config.gamma_schedule, config.gamma_epoch)
+
+
+def loss_schedules(config: Config, loss, class_counts) -> list[keras.callbacks.Callback]:
+    """Callbacks that move the loss's gamma (--gamma_schedule) and class weights (--drw_epoch)."""
+    callbacks = []
+    if config.gamma_schedule != "constant":
+        callbacks.append(
+            VariableSchedule(
+                loss.gamma,
+                lambda epoch: schedules.gamma_at(
+                    epoch, config.gamma, config.gamma_schedule, config.gamma_epoch
+                ),
+            )
+        )
+    if config.drw_epoch:
+        weights = class_stats.effective_number_weights(class_counts, config.cb_beta).tolist()
+        callbacks.append(
+            VariableSchedule(
+                loss.class_weights,
+                lambda epoch: schedules.deferred_weights_at(epoch, weights, config.drw_epoch),
+                log_name="drw",
+                log_value=lambda value: float(any(w != 1.0 for w in value)),
+            )
+        )
+    return callbacks
 
 
 def train_and_evaluate(config: Config) -> dict:
@@ -103,13 +184,13 @@ def train_and_evaluate(config: Config) -> dict:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    source, indices, train_labels, class_counts = load_data(config)
+    source, indices, train_labels, class_counts, holdout = load_data(config)
     ids = source.train.ids[indices]
     digest = input_pipeline.subset_hash(ids)
-    _write_json(
-        os.path.join(config.model_dir, "subset.json"),
-        {"hash": digest, "class_counts": class_counts, "ids": ids.tolist()},
-    )
+    subset_record = {"hash": digest, "class_counts": class_counts, "ids": ids.tolist()}
+    if len(holdout):
+        subset_record["holdout_ids"] = source.train.ids[holdout].tolist()
+    _write_json(os.path.join(config.model_dir, "subset.json"), subset_record)
     print(f"Training subset: {len(indices)} images, per class {class_counts}", flush=True)
     train_images = source.train.images(indices)
     test_images, test_labels = source.test.images(), source.test.labels
@@ -125,11 +206,14 @@ def train_and_evaluate(config: Config) -> dict:
         config.augmentation_name,
         config.seed,
         repeat=config.steps_per_epoch > 0,
+        sampler=config.sampler,
     )
     test_data = input_pipeline.build_eval_dataset(test_images, test_labels, EVAL_BATCH_SIZE)
     steps_per_epoch = config.steps_per_epoch or len(indices) // config.batch_size
 
-    model = models.build_model(config.model_name, source.num_classes, train_images.shape[1:], mean, std)
+    model = models.build_model(
+        config.model_name, source.num_classes, train_images.shape[1:], mean, std, config.classifier_name
+    )
     loss = build_loss(config, class_counts)
     schedule = WarmupStepDecay(
         config.learning_rate,
@@ -154,6 +238,7 @@ def train_and_evaluate(config: Config) -> dict:
         test_data, test_labels, class_counts, source.class_names, log_dir, config.eval_every, config.epochs
     )
     callbacks = [
+        *loss_schedules(config, loss, class_counts),  # First: later callbacks log the values they set.
         stop_on_nan,
         keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
         ScheduleLogger(getattr(loss, "gamma", None)),
@@ -184,7 +269,8 @@ def train_and_evaluate(config: Config) -> dict:
     model.fit(
         train_data,
         epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch if config.steps_per_epoch else None,
+        # The class-balanced stream is endless; an instance epoch is one pass.
+        steps_per_epoch=steps_per_epoch if config.steps_per_epoch or config.sampler != "instance" else None,
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
         shuffle=False,  # The tf.data pipeline shuffles.

@@ -50,7 +50,7 @@ def main(_):
         batch_size=FLAGS.batch_size,
     ).validate()
     keras.utils.set_random_seed(0)
-    source, indices, labels, class_counts = train.load_data(config)
+    source, indices, labels, class_counts, _ = train.load_data(config)
     images = source.train.images(indices)
     dataset = input_pipeline.build_train_dataset(images, labels, FLAGS.batch_size, "crop_flip", 0)
 
