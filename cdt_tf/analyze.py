@@ -138,6 +138,8 @@ class RunData:
     test_images: np.ndarray  # uint8 [M, H, W, 3]
     test_labels: np.ndarray  # int64 [M]
     model: object  # keras.Model: images -> logits
+    holdout_images: np.ndarray | None = None  # uint8 [K * C, H, W, 3] with --holdout_per_class
+    holdout_labels: np.ndarray | None = None
 
 
 def load_model(path: str):
@@ -165,7 +167,7 @@ def load_run(model_dir: str, data_dir: str | None = None) -> RunData:
         config = dataclasses.replace(config, data_dir=data_dir)
     from cdt_tf import input_pipeline, train  # Imports TensorFlow: after the directory is known good.
 
-    source, indices, train_labels, class_counts, _ = train.load_data(config)
+    source, indices, train_labels, class_counts, holdout = train.load_data(config)
     digest = input_pipeline.subset_hash(source.train.ids[indices])
     if digest != subset.get("hash"):
         raise UserError(
@@ -182,6 +184,8 @@ def load_run(model_dir: str, data_dir: str | None = None) -> RunData:
         test_images=source.test.images(),
         test_labels=np.asarray(source.test.labels, np.int64),
         model=load_model(os.path.join(model_dir, "model.keras")),
+        holdout_images=source.train.images(holdout) if len(holdout) else None,
+        holdout_labels=np.asarray(source.train.labels[holdout], np.int64) if len(holdout) else None,
     )
 
 

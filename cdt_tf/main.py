@@ -34,6 +34,10 @@ def main(argv):
         print(f"cdt_tf: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(evaluate.format_table(results, results["class_names"], results["class_counts"]))
+    if results.get("post_hoc"):
+        from cdt_tf import post_hoc
+
+        print(post_hoc.format_section(results["post_hoc"]))
     print(f"Results: {os.path.join(config.model_dir, 'results.json')}")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cdt_tf import class_stats, datasets, evaluate, input_pipeline, losses, models, schedules
+from cdt_tf import class_stats, datasets, evaluate, input_pipeline, losses, models, post_hoc, schedules
 from cdt_tf.callbacks import (
     MetricsJsonl,
     PerClassEvaluation,
@@ -55,11 +55,11 @@ def prepare_model_dir(config: Config) -> dict | None:
         if os.path.exists(results_path):
             with open(results_path) as f:
                 return json.load(f)
-    _write_json(config_path, config.to_dict())
+    write_json(config_path, config.to_dict())
     return None
 
 
-def _write_json(path: str, value) -> None:
+def write_json(path: str, value) -> None:
     """Writes JSON atomically: a killed process never leaves a half-written file."""
     temporary = f"{path}.tmp"
     with open(temporary, "w") as f:
@@ -180,6 +180,8 @@ def train_and_evaluate(config: Config) -> dict:
     if finished is not None:
         logging.info("%s already holds a finished run with this config.", config.model_dir)
         return finished
+    # Fail before training, not after, when --tau_from is not a finished held-out run.
+    taus_from, taus_from_name = post_hoc.read_taus(config.tau_from) if config.tau_from else (None, None)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -190,7 +192,7 @@ def train_and_evaluate(config: Config) -> dict:
     subset_record = {"hash": digest, "class_counts": class_counts, "ids": ids.tolist()}
     if len(holdout):
         subset_record["holdout_ids"] = source.train.ids[holdout].tolist()
-    _write_json(os.path.join(config.model_dir, "subset.json"), subset_record)
+    write_json(os.path.join(config.model_dir, "subset.json"), subset_record)
     print(f"Training subset: {len(indices)} images, per class {class_counts}", flush=True)
     train_images = source.train.images(indices)
     test_images, test_labels = source.test.images(), source.test.labels
@@ -299,5 +301,21 @@ def train_and_evaluate(config: Config) -> dict:
         "train_seconds": round(train_seconds, 1),
         "config": config.to_dict(),
     }
-    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    print("Post-hoc calibration (one pass over the training, held-out and test features) ...", flush=True)
+    results["post_hoc"] = post_hoc.compute(
+        model,
+        class_counts,
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        holdout_images=source.train.images(holdout) if len(holdout) else None,
+        holdout_labels=source.train.labels[holdout] if len(holdout) else None,
+        taus_from=taus_from,
+        taus_from_name=taus_from_name,
+    )
+    write_json(os.path.join(config.model_dir, "results.json"), results)
+    post_hoc.plot_sweeps(
+        results["post_hoc"], os.path.join(config.model_dir, "post_hoc.png"), os.path.basename(config.model_dir)
+    )
     return results

@@ -149,13 +149,16 @@ def main(argv):
                 dataset, profile, ratio, suffix, _EPOCHS.value, _RUNS_DIR.value, data_dirs[dataset]
             )
             commands.append(shlex.join(["python"] + command[1:]))
-            results = read_results(run_dir)
+            results = read_results(os.path.join(REPO, run_dir))
             if results is None and _RUN.value:
                 print(f"[{method} {dataset} rho={ratio}] {shlex.join(command)}", flush=True)
                 status = subprocess.run(command, cwd=REPO).returncode
                 if status:
                     failures.append(f"{run_dir} (exit {status})")
-                results = read_results(os.path.join(REPO, run_dir) if not os.path.isabs(run_dir) else run_dir)
+                results = read_results(os.path.join(REPO, run_dir))
+            if results is not None and "post_hoc" not in results:  # Trained by an older version.
+                subprocess.run([_PYTHON.value, "-m", "cdt_tf.post_hoc", f"--model_dir={run_dir}"], cwd=REPO)
+                results = read_results(os.path.join(REPO, run_dir))
             results_by_cell[method][(dataset, ratio)] = results
     lines = [
         f"Table {table} shape, top-1 % on the balanced test set: ours (paper). "
