@@ -85,7 +85,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["float"](
         "gamma",
         0.0,
-        "cdt: temperature exponent, a_c = (N_max / N_c)^gamma. reweight: weight exponent, w_c ~ N_c^-gamma. >= 0.",
+        "cdt: temperature exponent, a_c = (N_max / N_c)^gamma. "
+        "reweight: weight exponent, w_c ~ N_c^-gamma. >= 0.",
     )
     define["enum"](
         "gamma_schedule",

@@ -257,7 +257,9 @@ def update_run(model_dir: str, data_dir: str | None = None, tau_from: str | None
     results = analyze.read_json(results_path)
     results["post_hoc"] = section
     train.write_json(results_path, results)
-    plot_sweeps(section, os.path.join(model_dir, "post_hoc.png"), os.path.basename(os.path.normpath(model_dir)))
+    plot_sweeps(
+        section, os.path.join(model_dir, "post_hoc.png"), os.path.basename(os.path.normpath(model_dir))
+    )
     return section
 
 

@@ -316,6 +316,8 @@ def train_and_evaluate(config: Config) -> dict:
     )
     write_json(os.path.join(config.model_dir, "results.json"), results)
     post_hoc.plot_sweeps(
-        results["post_hoc"], os.path.join(config.model_dir, "post_hoc.png"), os.path.basename(config.model_dir)
+        results["post_hoc"],
+        os.path.join(config.model_dir, "post_hoc.png"),
+        os.path.basename(config.model_dir),
     )
     return results

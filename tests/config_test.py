@@ -92,3 +92,46 @@ def test_flag_errors_do_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"sampler": "uniform"}, "uniform"),
+        ({"loss": "ce", "gamma_schedule": "step", "gamma_epoch": 5}, "--gamma_schedule"),
+        ({"loss": "cdt", "gamma_schedule": "step", "gamma_epoch": 0}, "--gamma_epoch"),
+        ({"loss": "cdt", "gamma_schedule": "linear", "gamma_epoch": 200}, "--gamma_epoch"),
+        ({"drw_epoch": 200}, "--drw_epoch"),
+        ({"drw_epoch": -1}, "--drw_epoch"),
+        ({"loss": "reweight", "drw_epoch": 10}, "--gamma_schedule=step"),
+        ({"focal_gamma": -1.0}, "--focal_gamma"),
+        ({"cb_beta": 1.0}, "--cb_beta"),
+        ({"ldam_scale": 0.0}, "--ldam_scale"),
+        ({"ldam_max_margin": -0.1}, "--ldam_max_margin"),
+        ({"holdout_per_class": -1}, "--holdout_per_class"),
+        ({"holdout_per_class": 3, "tau_from": "runs/h"}, "--tau_from"),
+    ],
+)
+def test_baseline_flag_validation(overrides, fragment):
+    with pytest.raises(UserError, match=fragment.replace("-", r"\-")):
+        dataclasses.replace(_config(), **overrides).validate()
+
+
+def test_auto_classifier_is_cosine_for_ldam_only():
+    assert _config().classifier_name == "linear"
+    assert dataclasses.replace(_config(), loss="ldam").classifier_name == "cosine"
+    assert dataclasses.replace(_config(), loss="ldam", classifier="linear").classifier_name == "linear"
+
+
+def test_fields_missing_from_an_older_config_count_as_defaults():
+    config = _config()
+    stored = {k: v for k, v in config.to_dict().items() if k not in ("sampler", "drw_epoch", "classifier")}
+    assert config.differences(stored) == []
+    assert dataclasses.replace(config, sampler="class_balanced").differences(stored) == ["sampler"]
+    assert config.differences({**config.to_dict(), "tau_from": "runs/h"}) == []  # Post-hoc only.
+
+
+def test_classifier_vocabulary_matches_models():
+    from cdt_tf import models
+
+    assert set(config_lib.CLASSIFIERS) - {"auto"} == set(models.CLASSIFIERS)

@@ -45,7 +45,8 @@ METHODS = {
         "CDT (class-dependent temperatures)",
         ["--loss=cdt", "--gamma=0.3"],
         [
-            "gamma: the paper tunes it per setting and does not list it; 0.3 is its CIFAR-10-LT value (Fig. 5, 7)."
+            "gamma: the paper tunes it per setting and does not list it; "
+            "0.3 is its CIFAR-10-LT value (Fig. 5, 7)."
         ],
     ),
     "reweight": (
@@ -119,7 +120,8 @@ def flagfiles() -> dict[str, str]:
                 for suffix, (row, description, method_flags, notes) in METHODS.items():
                     name = f"{dataset}_{kind}{ratio}_{suffix}"
                     header = [
-                        f"# {DATASET_NAMES[dataset]}, {profile_name} imbalance, rho = {ratio}: {description}.",
+                        f"# {DATASET_NAMES[dataset]}, {profile_name} imbalance, rho = {ratio}: "
+                        f"{description}.",
                         _paper_line(table, row, dataset, ratio) + " (ResNet-32, 200 epochs).",
                         *(f"# {note}" for note in notes),
                     ]
@@ -139,7 +141,8 @@ def flagfiles() -> dict[str, str]:
     for dataset, paper in (("cifar10", "79.31"), ("cifar100", "43.92")):
         name = f"{dataset}_lt100_cdt_holdout3"
         header = [
-            f"# {DATASET_NAMES[dataset]}-LT rho = 100, CDT, 3 images a class held out to select post-hoc tau.",
+            f"# {DATASET_NAMES[dataset]}-LT rho = 100, CDT, 3 images a class held out "
+            "to select post-hoc tau.",
             f"# Paper, Table 9: CDT+N_c^tau selected on the held-out set {paper} % top-1 (after step 2).",
             f"# Step 2: python -m cdt_tf.main --flagfile=flags/{dataset}_lt100_cdt.cfg "
             f"--tau_from=runs/{name} --model_dir=runs/{dataset}_lt100_cdt",
