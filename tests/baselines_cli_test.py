@@ -217,3 +217,38 @@ def test_table_collects_runs_and_prints_ours_beside_the_paper(tmp_path):
     assert "| CDT+N_c^τ | — (79.4) |" in text
     assert "compressed 10.0x" in text and "selected on the test set" in text
     assert "--flagfile=flags/cifar10_lt100_focal.cfg" in text and "--epochs=20" in text
+
+
+def _reproduce(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "reproduce_table.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+
+
+def test_table_9_reads_the_full_runs_test_sweep_at_the_held_out_tau(tmp_path):
+    taus = [0.0, 0.5, 1.0]
+    sweep_section = {"nc_tau": {"tau": 1.0, "top1": 0.74, "selected_on": "test"}}
+    sweep_section["nc_tau"]["sweep"] = {"split": "test", "taus": taus, "top1": [0.70, 0.73, 0.74]}
+    runs = {
+        "cifar10_lt100_cdt_e20": {"top1": 0.70, "post_hoc": sweep_section},
+        "cifar10_lt100_cdt_holdout3_e20": {
+            "top1": 0.69,
+            "post_hoc": {"nc_tau": {"tau": 0.5, "top1": 0.72, "selected_on": "holdout"}},
+        },
+    }
+    for name, results in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    result = _reproduce("--table=9", "--datasets=cifar10", f"--runs_dir={tmp_path}", "--epochs=20", "--norun")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| cifar10 LT ρ=100: CDT+N_c^τ | 74.0 (79.36) | 73.0 (79.31) |" in result.stdout
+
+
+def test_missing_runs_with_norun_leave_dashes_and_exit_zero(tmp_path):
+    result = _reproduce("--table=5", f"--runs_dir={tmp_path}", "--epochs=20", "--norun")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| balanced | — (85.6) | — (82.2) |" in result.stdout
+    assert "cdt_tf.retrain_classifier" in result.stdout

@@ -28,7 +28,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from cdt_tf import paper_results  # noqa: E402
 
 _TABLE = flags.DEFINE_enum(
-    "table", "2", ["2", "6", "7"], "Paper table: 2 (long-tailed), 6 (LT post-hoc), 7 (step)."
+    "table",
+    "2",
+    ["2", "5", "6", "7", "9"],
+    "Paper table: 2 (long-tailed), 6 (LT post-hoc), 7 (step), 5 (features vs classifiers, CIFAR-10), "
+    "9 (tau selected on test vs held-out, rho = 100).",
 )
 _DATASETS = flags.DEFINE_list("datasets", ["cifar10", "cifar100"], "Datasets (columns).")
 _RATIOS = flags.DEFINE_list("ratios", ["200", "100", "10"], "Imbalance ratios (columns).")
@@ -129,9 +133,36 @@ def build_table(table: str, columns, results_by_cell) -> list[str]:
     return lines
 
 
-def main(argv):
-    del argv
-    table = _TABLE.value
+class Runner:
+    """Runs each command whose output file is missing (unless --norun) and keeps the command list."""
+
+    def __init__(self, run: bool):
+        self.run, self.commands, self.failures = run, [], []
+
+    def ensure(self, command: list[str], output: str, label: str):
+        """The JSON at `output` (relative to the repository), running `command` first when it is missing."""
+        self.commands.append(shlex.join(["python"] + command[1:]))
+        path = os.path.join(REPO, output)
+        if not os.path.exists(path) and self.run:
+            print(f"[{label}] {shlex.join(command)}", flush=True)
+            status = subprocess.run(command, cwd=REPO).returncode
+            if status:
+                self.failures.append(f"{label} (exit {status})")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def training_run(self, run_dir: str, command: list[str], label: str):
+        results = self.ensure(command, os.path.join(run_dir, "results.json"), label)
+        if results is not None and "post_hoc" not in results:  # Trained by an older version.
+            subprocess.run([_PYTHON.value, "-m", "cdt_tf.post_hoc", f"--model_dir={run_dir}"], cwd=REPO)
+            results = read_results(os.path.join(REPO, run_dir))
+        return results
+
+
+def grid_tables(table: str, runner: Runner, data_dirs) -> list[str]:
+    """Tables 2, 6 and 7: one training run per (method, dataset, ratio)."""
     profile = "step" if table == "7" else "lt"
     columns = [(d, int(r)) for d in _DATASETS.value for r in _RATIOS.value]
     unknown = [m for m in _METHODS.value if m not in paper_results.METHOD_FLAGFILES]
@@ -139,8 +170,7 @@ def main(argv):
         raise app.UsageError(
             f"unknown --methods {unknown}; use names from {list(paper_results.METHOD_FLAGFILES)}"
         )
-    data_dirs = {"cifar10": _CIFAR10_DIR.value, "cifar100": _CIFAR100_DIR.value}
-    results_by_cell, commands, failures = {}, [], []
+    results_by_cell = {}
     for method in _METHODS.value:
         suffix = paper_results.METHOD_FLAGFILES[method]
         results_by_cell[method] = {}
@@ -148,44 +178,120 @@ def main(argv):
             run_dir, command = cell_command(
                 dataset, profile, ratio, suffix, _EPOCHS.value, _RUNS_DIR.value, data_dirs[dataset]
             )
-            commands.append(shlex.join(["python"] + command[1:]))
-            results = read_results(os.path.join(REPO, run_dir))
-            if results is None and _RUN.value:
-                print(f"[{method} {dataset} rho={ratio}] {shlex.join(command)}", flush=True)
-                status = subprocess.run(command, cwd=REPO).returncode
-                if status:
-                    failures.append(f"{run_dir} (exit {status})")
-                results = read_results(os.path.join(REPO, run_dir))
-            if results is not None and "post_hoc" not in results:  # Trained by an older version.
-                subprocess.run([_PYTHON.value, "-m", "cdt_tf.post_hoc", f"--model_dir={run_dir}"], cwd=REPO)
-                results = read_results(os.path.join(REPO, run_dir))
-            results_by_cell[method][(dataset, ratio)] = results
-    lines = [
-        f"Table {table} shape, top-1 % on the balanced test set: ours (paper). "
-        f"{_EPOCHS.value} epochs"
-        + (
-            ""
-            if _EPOCHS.value == FULL_EPOCHS
-            else f" (the 200-epoch recipe compressed {FULL_EPOCHS / _EPOCHS.value:.1f}x)"
-        )
-        + f"; {datetime.date.today().isoformat()}, {platform.node()} ({os.cpu_count()} CPUs).",
-        "",
+            label = f"{method} {dataset} rho={ratio}"
+            results_by_cell[method][(dataset, ratio)] = runner.training_run(run_dir, command, label)
+    return [
         *build_table(table, columns, results_by_cell),
         "",
         "Post-processed rows: τ selected on the test set, as the paper does for this table.",
+    ]
+
+
+def _named_run(name: str, runner: Runner, data_dir, extra=()):
+    run_dir = os.path.join(_RUNS_DIR.value, f"{name}_e{_EPOCHS.value}")
+    flagfile = os.path.join("flags", f"{name}.cfg")
+    command = [_PYTHON.value, "-m", "cdt_tf.main", f"--flagfile={flagfile}", f"--model_dir={run_dir}"]
+    command += [f"--data_dir={data_dir}"] if data_dir else []
+    command += compressed_flags(flagfile_values(os.path.join(REPO, flagfile)), _EPOCHS.value) + list(extra)
+    return run_dir, runner.training_run(run_dir, command, name)
+
+
+def table_9(runner: Runner, data_dirs) -> list[str]:
+    """Table 9: N_c^τ's τ selected on the test set vs on 3 held-out images a class (gamma fixed)."""
+    lines = ["| Setting / method | selected on test | selected on held-out |", "|---|---|---|"]
+    for dataset in _DATASETS.value:
+        _, holdout = _named_run(f"{dataset}_lt100_cdt_holdout3", runner, data_dirs[dataset])
+        _, full = _named_run(f"{dataset}_lt100_cdt", runner, data_dirs[dataset])
+        paper_plain = paper_results.TABLE_9[(dataset, "CDT")]
+        paper_tau = paper_results.TABLE_9[(dataset, "CDT+N_c^τ")]
+        plain = None if full is None else 100 * full["top1"]
+        lines.append(
+            f"| {dataset} LT ρ=100: CDT | {format_cell(plain, paper_plain[0])} | "
+            f"{format_cell(None, paper_plain[1])} (γ not re-selected: one γ) |"
+        )
+        on_test = on_holdout = None
+        if full is not None and "sweep" in full["post_hoc"].get("nc_tau", {}):
+            on_test = 100 * full["post_hoc"]["nc_tau"]["top1"]
+            if holdout is not None:
+                tau = holdout["post_hoc"]["nc_tau"]["tau"]
+                sweep = full["post_hoc"]["nc_tau"]["sweep"]
+                on_holdout = 100 * sweep["top1"][sweep["taus"].index(tau)]
+        lines.append(
+            f"| {dataset} LT ρ=100: CDT+N_c^τ | {format_cell(on_test, paper_tau[0])} | "
+            f"{format_cell(on_holdout, paper_tau[1])} |"
+        )
+    return lines
+
+
+def table_5(runner: Runner, data_dirs) -> list[str]:
+    """Table 5: balanced vs imbalanced features x classifiers on CIFAR-10 (LT ρ=100 and 1,240 a class)."""
+    data_dir = data_dirs["cifar10"]
+    balanced_dir, balanced = _named_run("cifar10_balanced1240_ce", runner, data_dir)
+    imbalanced_dir, imbalanced = _named_run("cifar10_lt100_ce", runner, data_dir)
+
+    def retrained(run_dir, spec, tag):
+        command = [_PYTHON.value, "-m", "cdt_tf.retrain_classifier", f"--model_dir={run_dir}", *spec]
+        command += ["--sampler=instance"] + ([f"--data_dir={data_dir}"] if data_dir else [])
+        return runner.ensure(command, os.path.join(run_dir, f"retrained_{tag}_instance.json"), tag)
+
+    cross = {
+        ("balanced", "imbalanced"): retrained(
+            balanced_dir,
+            ["--imbalance=exp", "--imbalance_ratio=100", "--max_per_class=5000"],
+            "exp100_max5000",
+        ),
+        ("imbalanced", "balanced"): retrained(
+            imbalanced_dir, ["--imbalance=none", "--max_per_class=1240"], "balanced_max1240"
+        ),
+        ("balanced", "balanced"): balanced,
+        ("imbalanced", "imbalanced"): imbalanced,
+    }
+    lines = ["| Feature / linear classifier | balanced | imbalanced |", "|---|---|---|"]
+    for feature in ("balanced", "imbalanced"):
+        cells = []
+        for classifier in ("balanced", "imbalanced"):
+            record = cross[(feature, classifier)]
+            ours = None if record is None else 100 * record["top1"]
+            cells.append(format_cell(ours, paper_results.TABLE_5[(feature, classifier)]))
+        lines.append(f"| {feature} | " + " | ".join(cells) + " |")
+    lines += ["", "Off-diagonal cells: the classifier retrained on frozen, unaugmented features (30 epochs)."]
+    return lines
+
+
+def main(argv):
+    del argv
+    table = _TABLE.value
+    data_dirs = {"cifar10": _CIFAR10_DIR.value, "cifar100": _CIFAR100_DIR.value}
+    runner = Runner(_RUN.value)
+    if table == "5":
+        body = table_5(runner, data_dirs)
+    elif table == "9":
+        body = table_9(runner, data_dirs)
+    else:
+        body = grid_tables(table, runner, data_dirs)
+    compressed = (
+        ""
+        if _EPOCHS.value == FULL_EPOCHS
+        else f" (the 200-epoch recipe compressed {FULL_EPOCHS / _EPOCHS.value:.1f}x)"
+    )
+    lines = [
+        f"Table {table} shape, top-1 % on the balanced test set: ours (paper). {_EPOCHS.value} epochs"
+        f"{compressed}; {datetime.date.today().isoformat()}, {platform.node()} ({os.cpu_count()} CPUs).",
+        "",
+        *body,
         "",
         "Commands:",
         "",
-        *(f"    {c}" for c in commands),
+        *(f"    {c}" for c in runner.commands),
     ]
-    if failures:
-        lines += ["", "Failed runs: " + ", ".join(failures)]
+    if runner.failures:
+        lines += ["", "Failed: " + ", ".join(runner.failures)]
     text = "\n".join(lines) + "\n"
     print(text)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             f.write(text)
-    if failures:
+    if runner.failures:
         sys.exit(1)
 
 
