@@ -146,6 +146,38 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class GuardedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that never backs up non-finite weights.
+
+    After `stop_on_nan` trips, the epoch's backup is not written and the backup directory is
+    kept (not deleted at the end of training), so it still holds the last good epoch.
+    """
+
+    def __init__(self, backup_dir: str, stop_on_nan: StopOnNaN, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.stop_on_nan = stop_on_nan
+
+    def _save_model(self):
+        if self.stop_on_nan.nan_epoch is None:
+            super()._save_model()
+
+    def on_train_end(self, logs=None):
+        if self.stop_on_nan.nan_epoch is None:
+            super().on_train_end(logs)
+
+
+class GuardedModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`keras.callbacks.ModelCheckpoint` that writes nothing once `stop_on_nan` has tripped."""
+
+    def __init__(self, filepath: str, stop_on_nan: StopOnNaN, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self.stop_on_nan = stop_on_nan
+
+    def _save_model(self, epoch, batch, logs):
+        if self.stop_on_nan.nan_epoch is None:
+            super()._save_model(epoch, batch, logs)
+
+
 class TrainingStatistics(keras.callbacks.Callback):
     """Every `every` epochs (and after the last), logs the statistics of the paper's Fig. 7.
 

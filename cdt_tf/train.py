@@ -14,6 +14,8 @@ from absl import logging
 
 from cdt_tf import class_stats, datasets, evaluate, input_pipeline, losses, models, post_hoc, schedules
 from cdt_tf.callbacks import (
+    GuardedBackupAndRestore,
+    GuardedModelCheckpoint,
     MetricsJsonl,
     PerClassEvaluation,
     ScheduleLogger,
@@ -242,12 +244,13 @@ def train_and_evaluate(config: Config) -> dict:
     callbacks = [
         *loss_schedules(config, loss, class_counts),  # First: later callbacks log the values they set.
         stop_on_nan,
-        keras.callbacks.BackupAndRestore(os.path.join(config.model_dir, "backup")),
+        GuardedBackupAndRestore(os.path.join(config.model_dir, "backup"), stop_on_nan),
         ScheduleLogger(getattr(loss, "gamma", None)),
         per_class_evaluation,
         MetricsJsonl(os.path.join(config.model_dir, "metrics.jsonl")),
-        keras.callbacks.ModelCheckpoint(
+        GuardedModelCheckpoint(
             os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"),
+            stop_on_nan,
             save_weights_only=True,
             save_freq=config.checkpoint_every * steps_per_epoch,
         ),
@@ -279,8 +282,9 @@ def train_and_evaluate(config: Config) -> dict:
     )
     if stop_on_nan.nan_epoch is not None:
         raise TrainingError(
-            f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; checkpoints of earlier "
-            f"epochs are in {checkpoint_dir}; lower --learning_rate or check the data"
+            f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; the last good epoch "
+            f"({stop_on_nan.nan_epoch - 1}) is kept in {os.path.join(config.model_dir, 'backup')} and "
+            f"earlier checkpoints in {checkpoint_dir}; lower --learning_rate or check the data"
         )
     train_seconds = time.time() - start
     model.save(os.path.join(config.model_dir, "model.keras"))
