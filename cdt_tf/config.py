@@ -23,8 +23,20 @@ SAMPLERS = ("instance", "class_balanced")
 GAMMA_SCHEDULES = ("constant", "step", "linear")
 CLASSIFIERS = ("auto", "linear", "cosine")
 WEIGHT_REDUCTIONS = ("weights", "batch_size")  # Tested against losses.WEIGHT_REDUCTIONS.
+STRATEGIES = ("auto", "mirrored", "one_device")  # Tested against distribution.STRATEGIES.
 AUGMENTATIONS = ("auto", "crop_flip", "none")
-MODEL_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "digits_convnet")
+MODEL_NAMES = (
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet18",
+    "resnet50",
+    "digits_convnet",
+)
+# --model=auto per dataset (resnet32 for the others).
+AUTO_MODELS = {"digits": "digits_convnet", "tiny_imagenet": "resnet18", "inat2018": "resnet50"}
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -39,7 +51,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "data_dir",
         None,
         "cifar10/cifar100: the TFDS data_dir, or a folder with train/<class>/ and test/<class>/ "
-        "(read as an image folder, classes in sorted name order). image_folder: that folder.",
+        "(read as an image folder, classes in sorted name order). image_folder: that folder. "
+        "tiny_imagenet: the tiny-imagenet-200 folder. inat2018: the folder holding train2018.json and "
+        "val2018.json (file_name paths are relative to it), else the TFDS data_dir of i_naturalist2018.",
     )
     define["enum"](
         "imbalance",
@@ -52,20 +66,26 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "max_per_class", 0, "N_max, images of the largest class (0: the smallest class size available)."
     )
     define["integer"](
-        "image_size", 0, "image_folder: resize images to this square size (0: the first image's size)."
+        "image_size",
+        0,
+        "image_folder: resize images to this square size (0: the first image's size). "
+        "tiny_imagenet: 0 is 64. inat2018: the training and test crop size (0: 224).",
     )
     define["enum"](
         "augmentation",
         "auto",
         AUGMENTATIONS,
-        "Training augmentation. auto: crop_flip (pad H/8, random crop, flip) except none for digits.",
+        "Training augmentation. auto: crop_flip (pad H/8, random crop, flip) except none for digits. "
+        "inat2018: crop_flip is the random-resized crop (8-100 % of the area) + flip; none is the test "
+        "resize + centre crop.",
     )
     # Model and objective.
     define["enum"](
         "model",
         "auto",
         ("auto",) + MODEL_NAMES,
-        "Network. auto: resnet32, or digits_convnet for digits.",
+        "Network. auto: resnet32, or digits_convnet for digits, resnet18 for tiny_imagenet, resnet50 "
+        "for inat2018.",
     )
     define["enum"](
         "classifier",
@@ -163,6 +183,26 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Epochs between per-class training statistics for TensorBoard (logs/stats: train/test accuracy, "
         "classifier norms, train/test feature-mean distance; Fig. 7). 0: off.",
     )
+    # Hardware.
+    define["enum"](
+        "strategy",
+        "auto",
+        STRATEGIES,
+        "tf.distribute strategy. auto: MirroredStrategy when more than one GPU is visible, else one device. "
+        "--batch_size is global (split over the replicas).",
+    )
+    define["bool"](
+        "mixed_precision",
+        False,
+        "Compute in mixed_float16 on GPUs, mixed_bfloat16 on CPUs with bfloat16 arithmetic; logits, "
+        "temperatures and losses stay float32.",
+    )
+    define["string"](
+        "profile_batch",
+        "",
+        "Write a TensorBoard profile of training steps a..b (1-based, e.g. 10,20) to logs/ "
+        "(view with tensorboard-plugin-profile). Empty: off.",
+    )
     flags.mark_flags_as_required(["dataset", "model_dir"], flag_values=flag_values)
 
 
@@ -195,6 +235,9 @@ class Config:
     sampler: str = "instance"
     holdout_per_class: int = 0
     tau_from: str | None = None
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    profile_batch: str = ""
     epochs: int = 200
     batch_size: int = 128
     learning_rate: float = 0.1
@@ -211,7 +254,15 @@ class Config:
     stats_every: int = 0
 
     # Fields that do not change what a run computes: a run may be resumed with others.
-    RESUMABLE_FIELDS = ("model_dir", "eval_every", "checkpoint_every", "stats_every", "tau_from")
+    RESUMABLE_FIELDS = (
+        "model_dir",
+        "eval_every",
+        "checkpoint_every",
+        "stats_every",
+        "tau_from",
+        "strategy",
+        "profile_batch",
+    )
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> Config:
@@ -230,7 +281,15 @@ class Config:
     def model_name(self) -> str:
         if self.model != "auto":
             return self.model
-        return "digits_convnet" if self.dataset == "digits" else "resnet32"
+        return AUTO_MODELS.get(self.dataset, "resnet32")
+
+    @property
+    def profile_steps(self) -> tuple[int, int] | None:
+        """--profile_batch as (first, last) step, or None when off. Validate first."""
+        if not self.profile_batch:
+            return None
+        first, last = (int(v) for v in self.profile_batch.split(","))
+        return first, last
 
     @property
     def classifier_name(self) -> str:
@@ -253,6 +312,12 @@ class Config:
             ),
             (self.loss in LOSSES, f"unknown loss {self.loss!r}; use one of {LOSSES}"),
             (self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}"),
+            (self.strategy in STRATEGIES, f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}"),
+            (
+                _valid_profile_batch(self.profile_batch),
+                f"--profile_batch takes two step numbers a,b with 1 <= a <= b (e.g. 10,20), "
+                f"got {self.profile_batch!r}",
+            ),
             (
                 self.gamma_schedule == "constant" or self.loss in ("cdt", "reweight"),
                 f"--gamma_schedule={self.gamma_schedule} moves gamma, which only --loss=cdt and "
@@ -354,3 +419,13 @@ class Config:
             for key in set(mine) | set(other)
             if key not in self.RESUMABLE_FIELDS and mine.get(key) != other.get(key, defaults.get(key))
         )
+
+
+def _valid_profile_batch(value: str) -> bool:
+    if not value:
+        return True
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        return False
+    first, last = (int(p) for p in parts)
+    return 1 <= first <= last

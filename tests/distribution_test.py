@@ -1,0 +1,103 @@
+"""tf.distribute: MirroredStrategy on two logical CPUs matches one device; mixed precision and profiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cdt_tf import config as config_lib
+from cdt_tf import distribution
+from conftest import DIGITS_SMOKE, REPO_ROOT
+
+EQUIVALENCE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from cdt_tf import losses
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = np.array([0, 1, 2, 3] * 4, "int64")
+
+    def step(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = keras.Sequential(
+                [keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)]
+            )
+            model.compile(optimizer=keras.optimizers.SGD(1.0), loss=losses.CDTLoss([40, 20, 10, 5], 0.5))
+        before = [w.numpy().copy() for w in model.trainable_weights]
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        loss = model.fit(data, epochs=1, verbose=0, shuffle=False).history["loss"][0]
+        gradients = [b - w.numpy() for b, w in zip(before, model.trainable_weights)]  # lr 1: w -= g
+        return loss, gradients, strategy.num_replicas_in_sync
+
+    one = step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    two = step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    print(json.dumps({
+        "replicas": [one[2], two[2]],
+        "loss": [one[0], two[0]],
+        "max_gradient_difference": max(float(np.abs(a - b).max()) for a, b in zip(one[1], two[1])),
+        "max_gradient": max(float(np.abs(a).max()) for a in one[1]),
+    }))
+    """)
+
+
+def _env(**extra):
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT, **extra}
+
+
+def test_mirrored_on_two_cpus_gives_the_single_device_loss_and_gradients():
+    result = subprocess.run(
+        [sys.executable, "-c", EQUIVALENCE], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["replicas"] == [1, 2]
+    assert record["loss"][0] == pytest.approx(record["loss"][1], rel=1e-5)
+    assert record["max_gradient"] > 1e-3  # Something was learned...
+    assert record["max_gradient_difference"] < 1e-5  # ...identically.
+    print(record)
+
+
+def test_strategy_vocabulary_matches():
+    assert config_lib.STRATEGIES == distribution.STRATEGIES
+
+
+def test_mirrored_flag_and_profile_on_the_cli(cli, tmp_path):
+    model_dir = tmp_path / "run"
+    result = cli(*DIGITS_SMOKE, "--strategy=mirrored", "--profile_batch=2,3", f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MirroredStrategy" in result.stdout
+    traces = [f for _, _, files in os.walk(model_dir / "logs") for f in files if f.endswith(".xplane.pb")]
+    assert traces, "no profiler trace under logs/"
+
+
+@pytest.mark.skipif(not distribution.cpu_supports_bfloat16(), reason="this CPU has no bfloat16 arithmetic")
+def test_mixed_precision_keeps_logits_and_loss_float32(cli, tmp_path):
+    model_dir = tmp_path / "run"
+    result = cli(*DIGITS_SMOKE, "--mixed_precision", f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.load(open(model_dir / "results.json"))
+    assert results["precision"] == "mixed_bfloat16"
+    import keras
+
+    from cdt_tf import models  # noqa: F401
+
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    assert model.get_layer("classifier").compute_dtype == "float32"
+    assert model.get_layer("block1_conv").compute_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("value", ["5", "3,2", "0,4", "a,b"])
+def test_bad_profile_batch(cli, tmp_path, value):
+    result = cli(*DIGITS_SMOKE, f"--profile_batch={value}", f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "--profile_batch" in result.stderr.strip().splitlines()[-1]
