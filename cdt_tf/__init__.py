@@ -2,24 +2,49 @@
 
 Public API:
   imbalanced_counts, class_temperatures, shot_groups   pure NumPy class statistics
+  reweighting_weights, effective_number_weights,       class weights and margins of the baselines
+  ldam_margins
   CDTLoss, cdt_cross_entropy                           the CDT objective
+  ReweightedCrossEntropy, FocalLoss, ClassBalancedLoss,
+  LDAMLoss, LogitAdjustedLoss, WeightedCrossEntropy    the baselines' objectives (Keras losses)
   CoupledDecaySGD, WarmupStepDecay                     the paper's optimizer and schedule
-  cifar_resnet, build_model                            networks
+  cifar_resnet, build_model, CosineClassifier          networks
   NcTauCalibration, nc_tau_calibrate                   post-hoc calibration logits / N_c^tau (eq. 5)
 """
 
-from cdt_tf.class_stats import class_temperatures, imbalanced_counts, shot_groups
+from cdt_tf.class_stats import (
+    class_temperatures,
+    effective_number_weights,
+    imbalanced_counts,
+    ldam_margins,
+    reweighting_weights,
+    shot_groups,
+)
+
+_LOSSES = (
+    "CDTLoss",
+    "cdt_cross_entropy",
+    "ReweightedCrossEntropy",
+    "FocalLoss",
+    "ClassBalancedLoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
+    "WeightedCrossEntropy",
+)
 
 __all__ = [
     "imbalanced_counts",
     "class_temperatures",
     "shot_groups",
-    "CDTLoss",
-    "cdt_cross_entropy",
+    "reweighting_weights",
+    "effective_number_weights",
+    "ldam_margins",
+    *_LOSSES,
     "CoupledDecaySGD",
     "WarmupStepDecay",
     "cifar_resnet",
     "build_model",
+    "CosineClassifier",
     "NcTauCalibration",
     "nc_tau_calibrate",
 ]
@@ -27,7 +52,7 @@ __all__ = [
 
 def __getattr__(name):
     # Keras-dependent names load lazily, so the pure NumPy part imports without TensorFlow.
-    if name in ("CDTLoss", "cdt_cross_entropy"):
+    if name in _LOSSES:
         from cdt_tf import losses
 
         return getattr(losses, name)
@@ -43,7 +68,7 @@ def __getattr__(name):
         from cdt_tf import calibration
 
         return getattr(calibration, name)
-    if name in ("cifar_resnet", "build_model"):
+    if name in ("cifar_resnet", "build_model", "CosineClassifier"):
         from cdt_tf import models
 
         return getattr(models, name)

@@ -265,3 +265,11 @@ def test_gamma_callback_moves_cdt_temperatures_at_its_epoch():
     before = nll(z, LABELS).mean()
     after = nll(z / class_stats.class_temperatures(COUNTS, 0.5), LABELS).mean()
     assert logged == pytest.approx([before, after, after], rel=1e-4)
+
+
+def test_public_api_exports_every_name():
+    import cdt_tf
+
+    for name in cdt_tf.__all__:
+        assert getattr(cdt_tf, name) is not None, name
+    assert cdt_tf.LDAMLoss is losses.LDAMLoss and cdt_tf.ldam_margins is class_stats.ldam_margins
