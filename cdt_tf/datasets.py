@@ -1,14 +1,19 @@
-"""Data sources: TFDS (cifar10, cifar100), image folders and scikit-learn's digits.
+"""Data sources: TFDS (cifar10, cifar100), image folders, digits, Tiny-ImageNet, iNaturalist 2018.
 
 A source lists every example of a split (labels and stable ids) before any image
 is decoded, so a long-tailed subset decodes only the files it keeps. Images come
 back as uint8 [N, H, W, 3]; labels as int64 [N] in class order (sorted folder
 names, or the dataset's own label order).
+
+iNaturalist 2018 (437,513 training images of 8,142 classes) is too large to decode into
+memory: it is a `FileSource`, whose splits list labels, ids and image files (or TFDS
+records) that the tf.data pipeline reads and decodes while training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -23,8 +28,16 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# ImageNet's per-channel statistics of images scaled to [0, 1] (torchvision's), for Tiny-ImageNet and iNat.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 TFDS_DATASETS = {"cifar10": 10, "cifar100": 100}
-DATASETS = ("cifar10", "cifar100", "digits", "image_folder")
+DATASETS = ("cifar10", "cifar100", "digits", "image_folder", "tiny_imagenet", "inat2018")
+# Read from image files while training (a `FileSource`), never decoded into memory as a whole.
+FILE_DATASETS = ("inat2018",)
+# Used whole unless --imbalance asks for a subset: your own folders, and iNat (long-tailed as it is).
+AS_IS_DATASETS = ("image_folder", "inat2018")
 SPLITS = ("train", "test")
 
 # Digits has no official split: this many images per class, drawn with a fixed
@@ -64,17 +77,27 @@ def is_image_folder(data_dir: str | None) -> bool:
     return bool(data_dir) and all(os.path.isdir(os.path.join(data_dir, s)) for s in SPLITS)
 
 
-def load_source(dataset: str, data_dir: str | None = None, image_size: int = 0) -> Source:
+def load_source(dataset: str, data_dir: str | None = None, image_size: int = 0) -> Source | FileSource:
     """Lists a dataset's splits. See the module docstring.
 
     Args:
       dataset: one of DATASETS.
       data_dir: for cifar10/100 either an image folder (train/ and test/) or the TFDS
-        data_dir; required for image_folder; unused for digits.
-      image_size: resize image-folder images to this square size (0: the first image's size).
+        data_dir; required for image_folder and tiny_imagenet (the tiny-imagenet-200
+        folder); for inat2018 the folder holding train2018.json and val2018.json, else
+        the TFDS data_dir of i_naturalist2018; unused for digits.
+      image_size: resize image-folder images to this square size (0: the first image's size);
+        tiny_imagenet: 0 is 64; inat2018: the crop size (0: 224).
+
+    Returns:
+      A `Source` (images decoded into memory on request), or for FILE_DATASETS a `FileSource`.
     """
     if dataset == "digits":
         return _digits_source()
+    if dataset == "tiny_imagenet":
+        return _tiny_imagenet_source(data_dir, image_size)
+    if dataset == "inat2018":
+        return _inat2018_source(data_dir, image_size)
     if dataset == "image_folder" or (dataset in TFDS_DATASETS and is_image_folder(data_dir)):
         if not data_dir:
             raise DataError("--dataset=image_folder needs --data_dir=<folder with train/ and test/>")
@@ -277,3 +300,397 @@ def decode_images(paths: np.ndarray, size: int, batch_size: int = 512) -> np.nda
     if not chunks:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.concatenate(chunks)
+
+
+# --------------------------------------------------------------------------- Tiny-ImageNet
+
+TINY_IMAGENET_SIZE = 64
+
+
+def _tiny_imagenet_source(data_dir: str | None, image_size: int) -> Source:
+    """The official tiny-imagenet-200 folder: 200 classes, 500 training and 50 validation 64x64 images each.
+
+    Layout: wnids.txt (one wnid per line: the class order), words.txt (optional: wnid, tab, names;
+    the first name is the class name), train/<wnid>/images/*.JPEG, and val/images/*.JPEG labelled
+    by val/val_annotations.txt (file, wnid, 4 box numbers; tab-separated). The validation split is
+    our test split; the unlabelled test/ is ignored. 100,000 images of 64x64x3 fit in memory
+    (1.2 GB), so this is a `Source` like an image folder; greyscale images become RGB.
+    """
+    if not data_dir:
+        raise DataError("--dataset=tiny_imagenet needs --data_dir=<the unpacked tiny-imagenet-200 folder>")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"--data_dir {data_dir} does not exist")
+    wnids_path = os.path.join(data_dir, "wnids.txt")
+    if not os.path.isfile(wnids_path):
+        raise DataError(
+            f"{wnids_path} is missing; point --data_dir at the unpacked tiny-imagenet-200 folder "
+            "(it holds wnids.txt, train/ and val/)"
+        )
+    wnids = _read_lines(wnids_path)
+    if not wnids:
+        raise DataError(f"{wnids_path} lists no classes; it needs one wnid per line")
+    duplicates = sorted({w for w in wnids if wnids.count(w) > 1})
+    if duplicates:
+        raise DataError(f"{wnids_path} lists {duplicates[:5]} more than once; list each wnid once")
+    label_of = {wnid: label for label, wnid in enumerate(wnids)}
+
+    train_paths, train_labels = [], []
+    for label, wnid in enumerate(wnids):
+        class_dir = os.path.join(data_dir, "train", wnid, "images")
+        files = sorted(_image_files(class_dir)) if os.path.isdir(class_dir) else []
+        if not files:
+            raise DataError(
+                f"no images for class {wnid} in {class_dir}; the training images of each wnid in "
+                "wnids.txt belong in train/<wnid>/images/"
+            )
+        train_paths += [os.path.join(class_dir, f) for f in files]
+        train_labels += [label] * len(files)
+
+    annotations = os.path.join(data_dir, "val", "val_annotations.txt")
+    if not os.path.isfile(annotations):
+        raise DataError(
+            f"{annotations} is missing; the validation split needs val/val_annotations.txt and val/images/"
+        )
+    test_paths, test_labels = [], []
+    for line_number, line in enumerate(_read_lines(annotations, keep_empty=True), start=1):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DataError(
+                f"{annotations} line {line_number} is not '<file>\\t<wnid>\\t<4 box numbers>': {line[:60]!r}"
+            )
+        file_name, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in label_of:
+            raise DataError(
+                f"{annotations} line {line_number} labels {file_name} with wnid {wnid}, which wnids.txt "
+                "does not list; use the wnids.txt of the same tiny-imagenet-200 copy"
+            )
+        path = os.path.join(data_dir, "val", "images", file_name)
+        if not os.path.isfile(path):
+            raise DataError(
+                f"{path} (line {line_number} of {annotations}) does not exist; restore val/images/"
+            )
+        test_paths.append(path)
+        test_labels.append(label_of[wnid])
+    missing = [wnids[c] for c in sorted(set(range(len(wnids))) - set(test_labels))]
+    if missing:
+        raise DataError(
+            f"{annotations} names no validation image of class {missing[0]}"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; use a complete val/ folder"
+        )
+
+    size = image_size or TINY_IMAGENET_SIZE
+    return Source(
+        name="tiny_imagenet",
+        class_names=_tiny_imagenet_names(data_dir, wnids),
+        train=_path_split(train_paths, train_labels, data_dir, size),
+        test=_path_split(test_paths, test_labels, data_dir, size),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
+def _read_lines(path: str, keep_empty: bool = False) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\r\n") for line in f]
+    return lines if keep_empty else [line.strip() for line in lines if line.strip()]
+
+
+def _image_files(folder: str) -> list[str]:
+    return [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+
+
+def _tiny_imagenet_names(data_dir: str, wnids: list[str]) -> list[str]:
+    """words.txt's first name of each wnid ("goldfish, Carassius auratus" -> "goldfish"), else the wnid.
+
+    A name shared by two classes gets its wnid appended, so that names stay unique.
+    """
+    words_path = os.path.join(data_dir, "words.txt")
+    words = {}
+    if os.path.isfile(words_path):
+        for line in _read_lines(words_path):
+            wnid, _, names = line.partition("\t")
+            words[wnid.strip()] = names.split(",")[0].strip()
+    names = [words.get(wnid) or wnid for wnid in wnids]
+    return [
+        f"{name} ({wnid})" if names.count(name) > 1 else name for name, wnid in zip(names, wnids, strict=True)
+    ]
+
+
+def _path_split(paths: list[str], labels: list[int], data_dir: str, size: int) -> Split:
+    paths = np.array(paths)
+    return Split(
+        labels=np.array(labels, dtype=np.int64),
+        ids=np.array([os.path.relpath(p, data_dir) for p in paths]),
+        load_images=lambda k, paths=paths: decode_images(paths[k], size),
+    )
+
+
+# --------------------------------------------------------------------------- iNaturalist 2018
+
+INAT2018_SIZE = 224
+INAT2018_TFDS_NAME = "i_naturalist2018"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSplit:
+    """One split read from encoded images while training: labels [N], ids [N], and where the bytes are.
+
+    Either `paths` (absolute image file paths [N]) or `read_records` (a callable returning a
+    tf.data.Dataset of (encoded image string, int64 label) in the order of `ids`, e.g. TFDS).
+    """
+
+    labels: np.ndarray
+    ids: np.ndarray
+    paths: np.ndarray | None = None
+    read_records: Callable | None = None
+
+    def records(self, indices=None):
+        """tf.data.Dataset of (encoded image string [], int64 label []) of `indices` (sorted), in order."""
+        import tensorflow as tf
+
+        if indices is not None:
+            indices = np.asarray(indices, np.int64)
+            if (np.diff(indices) <= 0).any():
+                raise ValueError("FileSplit.records takes strictly increasing indices")
+        if self.paths is not None:
+            chosen = slice(None) if indices is None else indices
+            dataset = tf.data.Dataset.from_tensor_slices((self.paths[chosen], self.labels[chosen]))
+            return dataset.map(
+                lambda path, label: (tf.io.read_file(path), label),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+        dataset = self.read_records()
+        if indices is None or len(indices) == len(self.labels):
+            return dataset
+        # Streamed records have no random access: keep the chosen positions of one ordered pass.
+        keep = np.zeros(len(self.labels), bool)
+        keep[indices] = True
+        keep = tf.constant(keep)
+
+        def kept(position, record):
+            return keep[position]
+
+        def drop_position(position, record):
+            return record
+
+        return dataset.enumerate().filter(kept).map(drop_position)
+
+    def images(self, indices=None) -> np.ndarray:
+        raise DataError(
+            "this dataset is read from image files while training and is never decoded into memory; "
+            "this command supports in-memory datasets only"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSource:
+    """A dataset read from image files (or TFDS records) while training; see `FileSplit`.
+
+    category_ids[c] is the dataset's own id of class index c; class indices follow sorted ids.
+    """
+
+    name: str
+    class_names: list[str]
+    category_ids: list[int]
+    train: FileSplit
+    test: FileSplit
+    image_size: int = INAT2018_SIZE
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    origin: str = ""  # Where the lists came from: a folder of JSON files, or "tfds:<name>".
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def classes(self) -> list[dict]:
+        """[{"index": c, "category_id": id, "name": name}] per class: what <model_dir>/classes.json holds."""
+        return [
+            {"index": c, "category_id": int(category_id), "name": name}
+            for c, (category_id, name) in enumerate(zip(self.category_ids, self.class_names, strict=True))
+        ]
+
+
+def _inat2018_source(data_dir: str | None, image_size: int) -> FileSource:
+    """The competition's JSON files when --data_dir holds train2018.json, else TFDS i_naturalist2018."""
+    if data_dir and os.path.isfile(os.path.join(data_dir, "train2018.json")):
+        return _inat2018_json_source(data_dir, image_size)
+    return _inat2018_tfds_source(data_dir, image_size)
+
+
+def _inat2018_json_source(data_dir: str, image_size: int) -> FileSource:
+    """iNaturalist 2018 from train2018.json and val2018.json (COCO-style) in data_dir.
+
+    Each JSON holds `images` [{id, file_name, ...}] (file_name relative to data_dir, e.g.
+    train_val2018/Plantae/7477/<uuid>.jpg), `annotations` [{image_id, category_id}] (one per
+    image) and `categories` [{id, name, ...}]. Class index c is the rank of the category id in
+    sorted order (ids 0..8141 in the 2018 release, so index = id there). Names come from
+    data_dir/categories.json (the taxonomy released after the competition) when present, else
+    from train2018.json. val2018.json is our test split.
+    """
+    train_path = os.path.join(data_dir, "train2018.json")
+    train = _read_coco_json(train_path)
+    categories = train.get("categories")
+    if not isinstance(categories, list) or not categories:
+        raise DataError(f"{train_path} has no 'categories' list; use the competition's train2018.json")
+    try:
+        names_by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{train_path}: a category lacks an integer 'id' ({error})") from error
+    names_by_id.update(_inat2018_taxonomy_names(data_dir))
+    category_ids = sorted({int(c["id"]) for c in categories})
+    label_of = {category_id: label for label, category_id in enumerate(category_ids)}
+
+    splits = []
+    for file_name, coco in (("train2018.json", train), ("val2018.json", None)):
+        path = os.path.join(data_dir, file_name)
+        if coco is None:
+            if not os.path.isfile(path):
+                raise DataError(
+                    f"{path} is missing; --data_dir must hold the iNaturalist 2018 train2018.json and "
+                    "val2018.json (and the train_val2018/ images they name)"
+                )
+            coco = _read_coco_json(path)
+        files, category_of_file = _coco_labels(coco, path)
+        labels = []
+        for image_file, category_id in zip(files, category_of_file, strict=True):
+            if category_id not in label_of:
+                raise DataError(
+                    f"{path}: image {image_file} has category_id {category_id}, which train2018.json's "
+                    "categories do not list; use the JSON files of one release"
+                )
+            labels.append(label_of[category_id])
+        first = os.path.join(data_dir, files[0])
+        if not os.path.isfile(first):
+            raise DataError(
+                f"{first} (the first image of {file_name}) does not exist; file_name paths are relative "
+                "to --data_dir: unpack train_val2018.tar.gz there"
+            )
+        splits.append(
+            FileSplit(
+                labels=np.array(labels, np.int64),
+                ids=np.array(files),
+                paths=np.array([os.path.join(data_dir, f) for f in files]),
+            )
+        )
+    return FileSource(
+        name="inat2018",
+        class_names=[names_by_id[i] for i in category_ids],
+        category_ids=category_ids,
+        train=splits[0],
+        test=splits[1],
+        image_size=image_size or INAT2018_SIZE,
+        origin=os.path.abspath(data_dir),
+    )
+
+
+def _read_coco_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {path} ({type(error).__name__}: {error}); download it again") from error
+    if not isinstance(value, dict):
+        raise DataError(f"{path} is not a COCO-style JSON object with images, annotations and categories")
+    return value
+
+
+def _coco_labels(coco: dict, path: str) -> tuple[list[str], list[int]]:
+    """(file_name of every image in the JSON's order, the category id of each): one annotation per image."""
+    for key in ("images", "annotations"):
+        if not isinstance(coco.get(key), list) or not coco[key]:
+            raise DataError(f"{path} has no '{key}' list; is it the competition's {os.path.basename(path)}?")
+    try:
+        file_of = {image["id"]: str(image["file_name"]) for image in coco["images"]}
+        category_of = {}
+        for annotation in coco["annotations"]:
+            image_id, category_id = annotation["image_id"], int(annotation["category_id"])
+            if image_id not in file_of:
+                raise DataError(
+                    f"{path}: an annotation names image_id {image_id}, which 'images' does not list"
+                )
+            if category_of.setdefault(image_id, category_id) != category_id:
+                raise DataError(f"{path}: image {file_of[image_id]} has two categories; one label per image")
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"{path}: an image or annotation lacks a field ({type(error).__name__}: {error})"
+        ) from error
+    unlabelled = [file_of[i] for i in file_of if i not in category_of]
+    if unlabelled:
+        raise DataError(
+            f"{path}: image {unlabelled[0]} has no annotation ({len(unlabelled)} images lack one)"
+        )
+    return list(file_of.values()), [category_of[i] for i in file_of]
+
+
+def _inat2018_taxonomy_names(data_dir: str) -> dict[int, str]:
+    """{category id: species name} from data_dir/categories.json, when present (else {})."""
+    path = os.path.join(data_dir, "categories.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {int(c["id"]): str(c["name"]) for c in json.load(f)}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"cannot read category names from {path} ({error}); fix or remove it") from error
+
+
+def _inat2018_tfds_source(data_dir: str | None, image_size: int) -> FileSource:
+    """iNaturalist 2018 from a prepared TFDS `i_naturalist2018` (nothing is downloaded here).
+
+    Records stream in the builder's stored order (TFDS shuffles examples when it writes them);
+    one pass reads the labels and ids. The TFDS label is the index of the species name in
+    the builder's labels file, which lists the 8,142 names by category id, so it is used as
+    both the class index and the category id.
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    where = data_dir or "~/tensorflow_datasets"
+    try:
+        builder = tfds.builder(INAT2018_TFDS_NAME, data_dir=data_dir)
+        class_names = list(builder.info.features["label"].names)
+        listed = {}
+        for split in ("train", "validation"):
+            ids, labels = [], []
+            partial = tfds.decode.PartialDecoding({"id": True, "label": True})
+            dataset = builder.as_dataset(split=split, shuffle_files=False, decoders=partial)
+            for batch in dataset.batch(8192).prefetch(2).as_numpy_iterator():
+                ids += [f"{split}:{i.decode()}" for i in batch["id"]]
+                labels.append(batch["label"].astype(np.int64))
+            listed[split] = (np.array(ids), np.concatenate(labels) if labels else np.zeros(0, np.int64))
+    except Exception as error:  # TFDS raises many types (not prepared, missing files, bad metadata).
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(
+            f"no train2018.json in --data_dir and TFDS {INAT2018_TFDS_NAME} is not readable under {where} "
+            f"({first_line}); put the competition's train2018.json, val2018.json and train_val2018/ in "
+            "--data_dir, or prepare the TFDS dataset there"
+        ) from error
+
+    def reader(split):
+        def read_records():
+            dataset = builder.as_dataset(
+                split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+            )
+            return dataset.map(lambda example: (example["image"], tf.cast(example["label"], tf.int64)))
+
+        return read_records
+
+    train, test = (
+        FileSplit(labels=listed[split][1], ids=listed[split][0], read_records=reader(split))
+        for split in ("train", "validation")
+    )
+    if not len(train.labels) or not len(test.labels):
+        raise DataError(f"TFDS {INAT2018_TFDS_NAME} under {where} has an empty train or validation split")
+    return FileSource(
+        name="inat2018",
+        class_names=class_names,
+        category_ids=list(range(len(class_names))),
+        train=train,
+        test=test,
+        image_size=image_size or INAT2018_SIZE,
+        origin=f"tfds:{INAT2018_TFDS_NAME}",
+    )

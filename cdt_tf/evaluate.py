@@ -53,11 +53,22 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_counts: Sequence[int
     }
 
 
+MAX_TABLE_CLASSES = 100
+
+
 def format_table(summary: dict, class_names: Sequence[str], class_counts: Sequence[int]) -> str:
-    """A plain-text per-class table followed by the overall numbers."""
+    """A plain-text per-class table followed by the overall numbers.
+
+    With more than MAX_TABLE_CLASSES classes (iNaturalist: 8,142) the per-class rows are left out:
+    results.json and TensorBoard hold them.
+    """
     width = max(5, *(len(n) for n in class_names))
     lines = [f"{'class':<{width}}  {'train':>6}  {'test acc':>8}"]
-    for name, count, accuracy in zip(class_names, class_counts, summary["per_class_accuracy"], strict=True):
+    rows = zip(class_names, class_counts, summary["per_class_accuracy"], strict=True)
+    if len(class_names) > MAX_TABLE_CLASSES:
+        lines = [f"{len(class_names)} classes: per-class accuracy in results.json and TensorBoard"]
+        rows = []
+    for name, count, accuracy in rows:
         shown = "   n/a" if accuracy is None else f"{100 * accuracy:7.2f}%"
         lines.append(f"{name:<{width}}  {count:>6}  {shown:>8}")
     groups = summary["many_medium_few"]

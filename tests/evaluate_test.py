@@ -121,3 +121,10 @@ def test_format_table_top5_and_missing_values():
     assert "class_5" in table
     assert "n/a" in table.splitlines()[6]  # class_5 has no test example
     assert "medium n/a" in table and "few n/a" in table
+
+
+def test_format_table_leaves_out_thousands_of_rows():
+    labels = np.arange(1000) % 200
+    summary = summarize(np.eye(200)[labels], labels, [10] * 200)
+    table = format_table(summary, [f"c{i}" for i in range(200)], [10] * 200)
+    assert len(table.splitlines()) == 2 and "200 classes" in table and "top-1 100.00%" in table
