@@ -23,7 +23,7 @@ SAMPLERS = ("instance", "class_balanced")
 GAMMA_SCHEDULES = ("constant", "step", "linear")
 CLASSIFIERS = ("auto", "linear", "cosine")
 WEIGHT_REDUCTIONS = ("weights", "batch_size")  # Tested against losses.WEIGHT_REDUCTIONS.
-STRATEGIES = ("auto", "mirrored", "one_device")  # Tested against distribution.STRATEGIES.
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")  # Tested against distribution.STRATEGIES.
 AUGMENTATIONS = ("auto", "crop_flip", "none")
 MODEL_NAMES = (
     "resnet20",
@@ -189,6 +189,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "auto",
         STRATEGIES,
         "tf.distribute strategy. auto: MirroredStrategy when more than one GPU is visible, else one device. "
+        "mirrored: all visible GPUs (or the CPU). one_device: the first GPU (or the CPU). multi_worker: "
+        "MultiWorkerMirroredStrategy across the machines listed in the TF_CONFIG environment variable; run "
+        "the same command on every machine, only the chief writes --model_dir (BUILD.md). "
         "--batch_size is global (split over the replicas).",
     )
     define["bool"](

@@ -5,19 +5,24 @@ replica's mean loss by the number of replicas and sums the gradients across repl
 equals the single-device update on the whole batch (tests/distribution_test.py checks it). Batch
 normalisation statistics are per replica (as PyTorch's DataParallel and the paper's code). Class-
 weighted losses normalise by their replica's weights (Σ w over the replica's share of the batch).
+
+multi_worker: MultiWorkerMirroredStrategy over the machines that the TF_CONFIG environment variable
+lists; every machine runs the same command and cdt_tf/multi_worker.py trains with a custom loop.
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import keras
 import tensorflow as tf
 
 from cdt_tf.errors import UserError
 
-STRATEGIES = ("auto", "mirrored", "one_device")
-# Not offered: multi-worker training. Keras 3's Model.fit fails under MultiWorkerMirroredStrategy
-# (keras-team/keras#20585, tensorflow/tensorflow#72388: reducing the PerReplica batch in its symbolic
-# build, and its per-replica output reduction); it needs a custom training loop.
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+# multi_worker trains with a custom loop (cdt_tf/multi_worker.py), not Model.fit: Keras 3's fit and
+# predict fail under MultiWorkerMirroredStrategy (keras-team/keras#20585, tensorflow/tensorflow#72388).
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -25,16 +30,87 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
     auto: MirroredStrategy over all GPUs when more than one is visible, else the default
     (single-device) strategy. mirrored: MirroredStrategy over all visible GPUs (or the CPU).
-    one_device: the first GPU, else the CPU.
+    one_device: the first GPU, else the CPU. multi_worker: MultiWorkerMirroredStrategy configured by
+    TF_CONFIG (all local GPUs, or the CPU, of every worker); call this before any other TensorFlow op.
     """
     if name not in STRATEGIES:
         raise UserError(f"unknown --strategy {name!r}; use one of {STRATEGIES}")
+    if name == "multi_worker":
+        # Before anything touches the devices: collective ops must be configured while the
+        # TensorFlow context is still uninitialised (even listing devices initialises it).
+        read_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The strategy's public name (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Machines that train: TF_CONFIG's chief and workers under multi_worker, else 1."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return worker_count(read_tf_config())
+    return 1
+
+
+def read_tf_config(environ=None) -> dict:
+    """TF_CONFIG, parsed and checked: {"cluster": {"chief"?: [...], "worker": [...]}, "task": {...}}.
+
+    Raises a UserError (one line) when it is missing or does not name this task in its cluster.
+    """
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    example = (
+        'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}\' (see BUILD.md)'
+    )
+    if not text.strip():
+        raise UserError(
+            f"--strategy=multi_worker needs the TF_CONFIG environment variable on every worker: {example}"
+        )
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"TF_CONFIG is not JSON ({error}); set it as {example}") from error
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    task = tf_config.get("task") if isinstance(tf_config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise UserError(f'TF_CONFIG needs a "cluster" and a "task"; set it as {example}')
+    task_type, index = task.get("type"), task.get("index", 0)
+    if task_type not in ("chief", "worker"):
+        raise UserError(f'TF_CONFIG\'s task type must be "chief" or "worker", got {task_type!r}')
+    if not isinstance(index, int) or not 0 <= index < len(cluster.get(task_type) or []):
+        raise UserError(f"TF_CONFIG's task {task_type} {index!r} is not in its cluster {cluster}")
+    if len(cluster.get("chief") or []) > 1:
+        raise UserError("TF_CONFIG's cluster may hold one chief at most")
+    return tf_config
+
+
+def is_chief(tf_config: dict) -> bool:
+    """The task that writes the run directory: the "chief" task, else worker 0 when there is no chief."""
+    task = tf_config["task"]
+    if task["type"] == "chief":
+        return True
+    return not tf_config["cluster"].get("chief") and task.get("index", 0) == 0
+
+
+def worker_count(tf_config: dict) -> int:
+    """Machines (tasks) that train: the chief, if any, and the workers."""
+    cluster = tf_config["cluster"]
+    return len(cluster.get("chief") or []) + len(cluster.get("worker") or [])
+
+
+def task_name(tf_config: dict) -> str:
+    """worker<i> or chief<i>: names a worker's scratch directory."""
+    return f"{tf_config['task']['type']}{tf_config['task'].get('index', 0)}"
 
 
 def cpu_supports_bfloat16() -> bool:

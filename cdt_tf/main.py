@@ -33,6 +33,9 @@ def main(argv):
     except UserError as error:
         print(f"cdt_tf: error: {error}", file=sys.stderr)
         sys.exit(2)
+    if results is None:  # --strategy=multi_worker on a worker other than the chief.
+        print(f"This worker is not the chief; the chief writes the results to {config.model_dir}.")
+        return
     print(evaluate.format_table(results, results["class_names"], results["class_counts"]))
     if results.get("post_hoc"):
         from cdt_tf import post_hoc

@@ -20,6 +20,7 @@ from cdt_tf import (
     input_pipeline,
     losses,
     models,
+    multi_worker,
     post_hoc,
     schedules,
 )
@@ -186,16 +187,26 @@ def loss_schedules(config: Config, loss, class_counts) -> list[keras.callbacks.C
     return callbacks
 
 
-def train_and_evaluate(config: Config) -> dict:
-    """Trains, evaluates on the balanced test split, writes model_dir; returns results.json's dict."""
-    strategy = distribution.make_strategy(config.strategy)
+def train_and_evaluate(config: Config) -> dict | None:
+    """Trains, evaluates on the balanced test split, writes model_dir; returns results.json's dict.
+
+    Under --strategy=multi_worker every worker calls this: the chief writes model_dir and returns the
+    results, the other workers train with it and return None (cdt_tf/multi_worker.py).
+    """
+    strategy = distribution.make_strategy(config.strategy)  # First: multi_worker configures collectives.
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return multi_worker.run(config, strategy, _train_and_evaluate)
+    return _train_and_evaluate(config, strategy)
+
+
+def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dict | None:
     precision = distribution.set_precision(config.mixed_precision)
     finished = prepare_model_dir(config)
     if finished is not None:
         logging.info("%s already holds a finished run with this config.", config.model_dir)
         return finished
     print(
-        f"Strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
+        f"Strategy: {distribution.strategy_name(strategy)} with {strategy.num_replicas_in_sync} replica(s); "
         f"precision {precision}",
         flush=True,
     )
@@ -239,10 +250,13 @@ def train_and_evaluate(config: Config) -> dict:
         input_shape = train_images.shape[1:]
     steps_per_epoch = config.steps_per_epoch or len(indices) // config.batch_size
 
-    with strategy.scope():
-        model = models.build_model(
+    def build_model() -> keras.Model:
+        return models.build_model(
             config.model_name, source.num_classes, input_shape, mean, std, config.classifier_name
         )
+
+    with strategy.scope():
+        model = build_model()
         loss = build_loss(config, class_counts)
         schedule = WarmupStepDecay(
             config.learning_rate,
@@ -296,15 +310,21 @@ def train_and_evaluate(config: Config) -> dict:
             )
         )
     start = time.time()
-    model.fit(
-        train_data,
-        epochs=config.epochs,
-        # The class-balanced stream is endless; an instance epoch is one pass.
-        steps_per_epoch=steps_per_epoch if config.steps_per_epoch or config.sampler != "instance" else None,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
-        shuffle=False,  # The tf.data pipeline shuffles.
-    )
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # A custom loop: fit fails there.
+        # On the chief, the trained model copied outside the strategy (predict works there); else None.
+        model = multi_worker.fit(strategy, model, build_model, train_data, config, steps_per_epoch, callbacks)
+    else:
+        model.fit(
+            train_data,
+            epochs=config.epochs,
+            # The class-balanced stream is endless; an instance epoch is one pass.
+            steps_per_epoch=(
+                steps_per_epoch if config.steps_per_epoch or config.sampler != "instance" else None
+            ),
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+            shuffle=False,  # The tf.data pipeline shuffles.
+        )
     if stop_on_nan.nan_epoch is not None:
         raise TrainingError(
             f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; the last good epoch "
@@ -312,6 +332,8 @@ def train_and_evaluate(config: Config) -> dict:
             f"earlier checkpoints in {checkpoint_dir}; lower --learning_rate or check the data"
         )
     train_seconds = time.time() - start
+    if model is None:  # A multi_worker worker other than the chief: the chief evaluates and writes.
+        return None
     model.save(os.path.join(config.model_dir, "model.keras"))
 
     if per_class_evaluation.latest and per_class_evaluation.latest[0] == config.epochs - 1:
@@ -328,8 +350,9 @@ def train_and_evaluate(config: Config) -> dict:
         "num_test_images": int(len(test_labels)),
         "epochs": config.epochs,
         "train_seconds": round(train_seconds, 1),
-        "strategy": type(strategy).__name__,
+        "strategy": distribution.strategy_name(strategy),
         "replicas": int(strategy.num_replicas_in_sync),
+        "workers": distribution.num_workers(strategy),
         "precision": precision,
         "config": config.to_dict(),
     }
