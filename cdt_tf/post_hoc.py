@@ -257,7 +257,9 @@ def update_run(model_dir: str, data_dir: str | None = None, tau_from: str | None
     )
     results_path = os.path.join(model_dir, "results.json")
     results = analyze.read_json(results_path)
-    results["post_hoc"] = section
+    # Keep entries this command does not compute (crt, from retrain_classifier).
+    kept = {k: v for k, v in (results.get("post_hoc") or {}).items() if k not in METHODS}
+    results["post_hoc"] = {**section, **kept}
     train.write_json(results_path, results)
     plot_sweeps(
         section, os.path.join(model_dir, "post_hoc.png"), os.path.basename(os.path.normpath(model_dir))

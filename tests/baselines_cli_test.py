@@ -252,3 +252,13 @@ def test_missing_runs_with_norun_leave_dashes_and_exit_zero(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| balanced | — (85.6) | — (82.2) |" in result.stdout
     assert "cdt_tf.retrain_classifier" in result.stdout
+
+
+def test_post_hoc_cli_keeps_the_crt_entry(tmp_path, cli):
+    model_dir = tmp_path / "run"
+    assert cli(*DIGITS, f"--model_dir={model_dir}").returncode == 0
+    assert _module("cdt_tf.retrain_classifier", f"--model_dir={model_dir}", "--epochs=1").returncode == 0
+    assert "crt" in _results(model_dir)["post_hoc"]
+    again = _module("cdt_tf.post_hoc", f"--model_dir={model_dir}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {"crt", "nc_tau", "ncm"} <= set(_results(model_dir)["post_hoc"])
