@@ -102,17 +102,8 @@ def _normalize(inputs, mean: Sequence[float], std: Sequence[float]):
 
 
 def _conv_bn_relu(x, filters: int, strides: int, name: str, relu: bool = True):
-    x = layers.Conv2D(
-        filters,
-        3,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=_he_normal(),
-        name=f"{name}_conv",
-    )(x)
-    x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+    """3x3 conv (no bias), batch norm, optional ReLU: the CIFAR ResNet's unit."""
+    return _conv_bn(x, filters, 3, strides, name, relu=relu)
 
 
 def _basic_block(x, filters: int, strides: int, name: str):
