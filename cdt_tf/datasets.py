@@ -193,9 +193,7 @@ def _list_folder(split_dir: str) -> tuple[list[str], list[str], list[int]]:
     paths, labels = [], []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(split_dir, name)
-        files = sorted(
-            f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        )
+        files = sorted(_image_files(class_dir))
         if not files:
             raise DataError(
                 f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
