@@ -22,23 +22,19 @@ Figures order the classes by decreasing N_c (for --imbalance=exp runs: class ind
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out of the way.
+import numpy as np
+from absl import flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from cdt_tf import class_stats, cli, diagnosis, evaluate, rundir
+from cdt_tf.config import Config
+from cdt_tf.errors import UserError
+from cdt_tf.features import Features
 
-from cdt_tf import analysis, evaluate  # noqa: E402
-from cdt_tf.config import Config  # noqa: E402
-from cdt_tf.errors import UserError  # noqa: E402
-
-EVAL_BATCH_SIZE = 500
 FIGURES = (
     "accuracy.png",
     "classifier_norms.png",
@@ -77,160 +73,29 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
 
 
-# ----------------------------------------------------------------------------- reading a run
-
-
-def read_json(path: str):
-    """The JSON content of a file; UserError (one line) when it is missing or malformed."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read {path} ({error})") from error
-
-
-def config_from_dict(values: dict) -> Config:
-    """The Config stored in a run's config.json (fields it lacks take their defaults)."""
-    names = {field.name for field in dataclasses.fields(Config)}
-    values = {k: v for k, v in values.items() if k in names}
-    try:
-        values["decay_epochs"] = tuple(values.get("decay_epochs", ()))
-        values["decay_multipliers"] = tuple(values.get("decay_multipliers", ()))
-        return Config(**values).validate()
-    except (TypeError, UserError) as error:
-        raise UserError(f"config.json does not hold a valid cdt_tf config ({error})") from error
-
-
-def read_run_dir(model_dir: str) -> tuple[Config, dict, dict]:
-    """(config, subset.json, results.json) of a finished run. Raises UserError naming what is missing.
-
-    Reads only JSON files: a bad directory is refused before TensorFlow is imported.
-    """
-    if not model_dir or not os.path.isdir(model_dir):
-        raise UserError(f"--model_dir {model_dir} does not exist; pass the directory of a cdt_tf.main run")
-    config_path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise UserError(f"{model_dir} holds no config.json: it is not a cdt_tf.main run directory")
-    missing = [
-        name for name in ("model.keras", "results.json") if not os.path.exists(os.path.join(model_dir, name))
-    ]
-    if missing:
-        raise UserError(
-            f"{model_dir} holds an unfinished run (no {' or '.join(missing)}); "
-            "finish it by running its training command again"
-        )
-    subset_path = os.path.join(model_dir, "subset.json")
-    if not os.path.exists(subset_path):
-        raise UserError(f"{model_dir} holds no subset.json, so its training subset cannot be checked")
-    config = config_from_dict(read_json(config_path))
-    return config, read_json(subset_path), read_json(os.path.join(model_dir, "results.json"))
-
-
-@dataclasses.dataclass(frozen=True)
-class RunData:
-    """A finished run's model and its data: the training subset (unaugmented) and the test split."""
-
-    config: Config
-    class_names: list[str]
-    class_counts: list[int]
-    train_images: np.ndarray  # uint8 [N, H, W, 3]
-    train_labels: np.ndarray  # int64 [N]
-    test_images: np.ndarray  # uint8 [M, H, W, 3]
-    test_labels: np.ndarray  # int64 [M]
-    model: object  # keras.Model: images -> logits
-    holdout_images: np.ndarray | None = None  # uint8 [K * C, H, W, 3] with --holdout_per_class
-    holdout_labels: np.ndarray | None = None
-
-
-def load_model(path: str):
-    """The trained keras.Model (uncompiled) of a run's model.keras."""
-    import keras
-
-    from cdt_tf import models  # noqa: F401  (registers the custom layers)
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a damaged or foreign file.
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"cannot load {path}: {first_line}") from error
-
-
-def load_run(model_dir: str, data_dir: str | None = None) -> RunData:
-    """Reads a finished run and re-creates its training subset, checked against subset.json's hash.
-
-    Args:
-      model_dir: the run directory.
-      data_dir: read the data from here instead of the run's own --data_dir.
-    """
-    config, subset, _ = read_run_dir(model_dir)
-    if data_dir:
-        config = dataclasses.replace(config, data_dir=data_dir)
-    from cdt_tf import input_pipeline, train  # Imports TensorFlow: after the directory is known good.
-
-    source, indices, train_labels, class_counts, holdout = train.load_data(config)
-    digest = input_pipeline.subset_hash(source.train.ids[indices])
-    if digest != subset.get("hash"):
-        raise UserError(
-            f"the training subset re-created from {model_dir}/config.json differs from its subset.json "
-            f"(hash {digest[:12]} != {str(subset.get('hash'))[:12]}); the data under --data_dir "
-            f"({config.data_dir}) is not the data the run was trained on"
-        )
-    return RunData(
-        config=config,
-        class_names=list(source.class_names),
-        class_counts=list(class_counts),
-        train_images=source.train.images(indices),
-        train_labels=np.asarray(train_labels, np.int64),
-        test_images=source.test.images(),
-        test_labels=np.asarray(source.test.labels, np.int64),
-        model=load_model(os.path.join(model_dir, "model.keras")),
-        holdout_images=source.train.images(holdout) if len(holdout) else None,
-        holdout_labels=np.asarray(source.train.labels[holdout], np.int64) if len(holdout) else None,
-    )
-
-
-def extract(model, images: np.ndarray, labels: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
-    """Penultimate features [N, D] and decision values [N, C] in one inference pass.
-
-    Args:
-      model: a cdt_tf model (its last Dense layer is named "classifier").
-      images: uint8-range [N, H, W, 3].
-      labels: [N] (carried by the dataset, unused by the model).
-    """
-    import keras
-
-    from cdt_tf import input_pipeline
-
-    probe = keras.Model(model.inputs, [model.get_layer("classifier").input, model.outputs[0]])
-    dataset = input_pipeline.build_eval_dataset(images, labels, batch_size)
-    features, logits = probe.predict(dataset, verbose=0)
-    return np.asarray(features), np.asarray(logits)
-
-
-def classifier_kernel(model) -> np.ndarray:
-    """The classifier's kernel [D, C]: column c is w_c."""
-    import keras
-
-    return keras.ops.convert_to_numpy(model.get_layer("classifier").kernel)
-
-
 # ----------------------------------------------------------------------------- the numbers
 
 
 def compute_statistics(
     class_counts,
-    train_features: np.ndarray,
-    train_logits: np.ndarray,
-    train_labels: np.ndarray,
-    test_features: np.ndarray,
-    test_logits: np.ndarray,
-    test_labels: np.ndarray,
+    train: Features,
+    test: Features,
     kernel: np.ndarray,
     num_rounds: int = 1000,
     sample_size: int | None = None,
     seed: int = 0,
 ) -> dict:
-    """Every statistic of analysis.json, as NumPy arrays (C classes; shapes as for cdt_tf.analysis)."""
+    """Every statistic of analysis.json, as NumPy arrays (C classes; shapes as for cdt_tf.diagnosis).
+
+    Args:
+      class_counts: N_c of the training subset.
+      train: the training subset (unaugmented) seen by the network.
+      test: the test split seen by the network.
+      kernel: the classifier's kernel [D, C].
+      num_rounds, sample_size, seed: R, K and the seed of the feature deviation dis(c).
+    """
+    train_features, train_logits, train_labels = train.features, train.logits, train.labels
+    test_features, test_logits, test_labels = test.features, test.logits, test.labels
     num_classes = len(class_counts)
     train_counts = np.bincount(train_labels, minlength=num_classes)
     if sample_size is None:
@@ -240,8 +105,8 @@ def compute_statistics(
         "sample_size": sample_size,
         "train_counts": train_counts,
         "test_counts": np.bincount(test_labels, minlength=num_classes),
-        "classifier_norms": analysis.classifier_norms(kernel),
-        "feature_deviation": analysis.feature_deviation(
+        "classifier_norms": diagnosis.classifier_norms(kernel),
+        "feature_deviation": diagnosis.feature_deviation(
             train_features,
             train_labels,
             test_features,
@@ -251,7 +116,7 @@ def compute_statistics(
             seed,
             num_classes,
         ),
-        "mean_distance": analysis.mean_deviation(
+        "mean_distance": diagnosis.mean_deviation(
             train_features, train_labels, test_features, test_labels, num_classes
         ),
     }
@@ -260,33 +125,20 @@ def compute_statistics(
         statistics[split] = {
             "top1": float((predictions == labels).mean()),
             "per_class_accuracy": evaluate.per_class_accuracy(predictions, labels, num_classes),
-            "decision_values": analysis.decision_value_confusion(logits, labels, num_classes),
-            "predictions": analysis.prediction_confusion(predictions, labels, num_classes),
+            "decision_values": diagnosis.decision_value_confusion(logits, labels, num_classes),
+            "predictions": diagnosis.prediction_confusion(predictions, labels, num_classes),
         }
-    normalized_train = analysis.l2_normalize(train_features)
-    normalized_test = analysis.l2_normalize(test_features)
+    normalized_train = diagnosis.l2_normalize(train_features)
+    normalized_test = diagnosis.l2_normalize(test_features)
     statistics["nearest_center"] = {}
     for centers_from, features, labels in (
         ("train_means", normalized_train, train_labels),
         ("test_means", normalized_test, test_labels),
     ):
-        centers = analysis.class_means(features, labels, num_classes)
-        top1, per_class = analysis.nearest_center_accuracy(normalized_test, test_labels, centers)
+        centers = diagnosis.class_means(features, labels, num_classes)
+        top1, per_class = diagnosis.nearest_center_accuracy(normalized_test, test_labels, centers)
         statistics["nearest_center"][centers_from] = {"top1": top1, "per_class_accuracy": per_class}
     return statistics
-
-
-def _plain(value):
-    """JSON-ready: arrays to lists, NumPy scalars to Python numbers, NaN and inf to None."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def analysis_json(statistics: dict, class_names, config: Config, model_dir: str, figures) -> dict:
@@ -305,12 +157,12 @@ def analysis_json(statistics: dict, class_names, config: Config, model_dir: str,
         }
         for c, name in enumerate(class_names)
     ]
-    return _plain(
+    return rundir.plain(
         {
             "model_dir": os.path.abspath(model_dir),
             "config": {
                 **{name: getattr(config, name) for name in CONFIG_SUMMARY_FIELDS},
-                "model": config.model_name,
+                "model": config.resolved_model,
             },
             "class_names": list(class_names),
             "feature_deviation": {
@@ -422,10 +274,10 @@ def tsne_embedding(features: np.ndarray, seed: int) -> np.ndarray:
 
     perplexity = min(30.0, (len(features) - 1) / 3.0)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-    # One thread: a few thousand points take seconds on one core, while OpenMP's spinning threads
-    # made the same t-SNE of 100 points 100x slower (0.3 s -> 39 s) on a busy 2-core machine.
+    # One thread: OpenMP's spinning threads made t-SNE far slower on a busy 2-core machine
+    # (BENCHMARKS.md, "Analysis").
     with threadpool_limits(1):
-        return tsne.fit_transform(analysis.l2_normalize(features))
+        return tsne.fit_transform(diagnosis.l2_normalize(features))
 
 
 def plot_tsne(path, points, labels, is_test, class_names, class_counts) -> None:
@@ -466,35 +318,26 @@ def run_analysis(
     """Analyses a finished run; returns the path of the analysis.json it wrote. See the module docstring."""
     if num_rounds < 1 or sample_size < 0 or tsne_per_class < 0:
         raise UserError("--num_rounds must be >= 1 and --sample_size and --tsne_per_class >= 0")
-    _, subset, _ = read_run_dir(model_dir)  # Refuses a bad directory before TensorFlow loads.
+    _, subset, _ = rundir.read_finished(model_dir)  # Refuses a bad directory before TensorFlow loads.
     smallest = min((n for n in subset.get("class_counts", []) if n > 0), default=0)
     if sample_size > smallest:
         raise UserError(f"--sample_size={sample_size} exceeds the smallest class size N_min={smallest}")
     out_dir = out_dir or os.path.join(model_dir, "analysis")
     print(f"Loading the run in {model_dir} ...", flush=True)
-    run = load_run(model_dir, data_dir)
-    counts = run.class_counts
+    run = rundir.load_finished(model_dir, data_dir)
+    from cdt_tf import features  # Imports TensorFlow.
+
+    counts, data = run.class_counts, run.data
     print(
-        f"Extracting features: {len(run.train_labels)} training and {len(run.test_labels)} test images ...",
+        f"Extracting features: {data.size('train')} training and {data.size('test')} test images ...",
         flush=True,
     )
-    train_features, train_logits = extract(run.model, run.train_images, run.train_labels)
-    test_features, test_logits = extract(run.model, run.test_images, run.test_labels)
-    kernel = classifier_kernel(run.model)
+    probe = features.probe(run.model)
+    train = features.extract(probe, data.eval_dataset("train"), data.labels("train"))
+    test = features.extract(probe, data.eval_dataset("test"), data.labels("test"))
+    _, kernel = features.classifier(run.model)
     print(f"Feature deviation ({num_rounds} rounds) and the other statistics ...", flush=True)
-    statistics = compute_statistics(
-        counts,
-        train_features,
-        train_logits,
-        run.train_labels,
-        test_features,
-        test_logits,
-        run.test_labels,
-        kernel,
-        num_rounds,
-        sample_size or None,
-        seed,
-    )
+    statistics = compute_statistics(counts, train, test, kernel, num_rounds, sample_size or None, seed)
 
     os.makedirs(out_dir, exist_ok=True)
     order = np.argsort(-np.asarray(counts), kind="stable")
@@ -536,22 +379,20 @@ def run_analysis(
     plot_confusions(os.path.join(out_dir, "confusion.png"), statistics, order, names)
     figures = list(FIGURES[:-1])
     if tsne_per_class:
-        train_pick = analysis.sample_per_class(run.train_labels, tsne_per_class, seed, len(names))
-        test_pick = analysis.sample_per_class(run.test_labels, tsne_per_class, seed, len(names))
-        features = np.concatenate([train_features[train_pick], test_features[test_pick]])
-        if len(features) >= 4:
-            print(f"t-SNE of {len(features)} features ...", flush=True)
-            labels = np.concatenate([run.train_labels[train_pick], run.test_labels[test_pick]])
-            is_test = np.arange(len(features)) >= len(train_pick)
-            points = tsne_embedding(features, seed)
+        train_pick = train.take(_per_class(train.labels, tsne_per_class, seed, len(names)))
+        test_pick = test.take(_per_class(test.labels, tsne_per_class, seed, len(names)))
+        picked = np.concatenate([train_pick.features, test_pick.features])
+        if len(picked) >= 4:
+            print(f"t-SNE of {len(picked)} features ...", flush=True)
+            labels = np.concatenate([train_pick.labels, test_pick.labels])
+            is_test = np.arange(len(picked)) >= len(train_pick)
+            points = tsne_embedding(picked, seed)
             plot_tsne(os.path.join(out_dir, "tsne.png"), points, labels, is_test, names, counts)
             figures.append("tsne.png")
 
     path = os.path.join(out_dir, "analysis.json")
     content = analysis_json(statistics, names, run.config, model_dir, figures)
-    with open(path, "w") as f:
-        json.dump(content, f, indent=2, allow_nan=False)
-        f.write("\n")
+    rundir.write_json(path, content)
     return path
 
 
@@ -576,32 +417,32 @@ def format_summary(content: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    flag_values = flags.FLAGS
-    try:
-        path = run_analysis(
-            flag_values.model_dir,
-            flag_values.out_dir,
-            flag_values.num_rounds,
-            flag_values.sample_size,
-            flag_values.tsne_per_class,
-            flag_values.seed,
-            flag_values.data_dir,
-        )
-    except UserError as error:
-        print(f"cdt_tf: error: {error}", file=sys.stderr)
-        sys.exit(2)
+def _per_class(labels: np.ndarray, per_class: int, seed: int, num_classes: int) -> np.ndarray:
+    """Sorted positions of up to per_class examples of each class (all of a smaller class)."""
+    return class_stats.sample_per_class(
+        labels, class_stats.capped_counts(labels, per_class, num_classes), seed
+    )
+
+
+def command(flag_values) -> None:
+    """`python -m cdt_tf.analyze`: analyse a finished run and print the per-class table."""
+    path = run_analysis(
+        flag_values.model_dir,
+        flag_values.out_dir,
+        flag_values.num_rounds,
+        flag_values.sample_size,
+        flag_values.tsne_per_class,
+        flag_values.seed,
+        flag_values.data_dir,
+    )
     with open(path) as f:
         content = json.load(f)
     print(format_summary(content))
     print(f"Analysis: {path}; figures: {', '.join(content['figures'])}")
 
 
-def run():
-    define_flags()
-    app.run(main)
+def run() -> None:
+    cli.run(define_flags, command)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cdt_tf import analysis, evaluate, input_pipeline
+from cdt_tf import diagnosis, evaluate, features
 
 
 class ScheduleLogger(keras.callbacks.Callback):
@@ -69,7 +69,8 @@ class PerClassEvaluation(keras.callbacks.Callback):
 
     Writes test top-1/top-5, many/medium/few and one accuracy per class to
     TensorBoard (`<log_dir>/test`), and adds `test_top1` to the epoch's logs.
-    `latest` holds (epoch, logits) of the last evaluation, for reuse after training.
+    Each evaluation is one pass of `features.extract`: `latest` holds (epoch, Features) of the
+    last one, so that the end of training reuses the final pass (logits and post-hoc features).
     """
 
     def __init__(
@@ -83,18 +84,21 @@ class PerClassEvaluation(keras.callbacks.Callback):
         epochs: int,
     ):
         super().__init__()
-        self.dataset, self.labels = dataset, labels
+        self.dataset, self.labels = dataset, np.asarray(labels, np.int64)
         self.class_counts, self.class_names = list(class_counts), list(class_names)
         self.every, self.epochs = every, epochs
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "test"))
         self.latest = None
+        self._probe = None
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every and epoch + 1 != self.epochs:
             return
-        logits = self.model.predict(self.dataset, verbose=0)
-        self.latest = (epoch, logits)
-        summary = evaluate.summarize(logits, self.labels, self.class_counts)
+        if self._probe is None:  # Shares the network's layers, so it always sees the current weights.
+            self._probe = features.probe(self.model)
+        seen = features.extract(self._probe, self.dataset, self.labels)
+        self.latest = (epoch, seen)
+        summary = evaluate.summarize(seen.logits, self.labels, self.class_counts)
         with self.writer.as_default(step=epoch):
             tf.summary.scalar("top1", summary["top1"])
             if summary["top5"] is not None:
@@ -157,6 +161,15 @@ class GuardedBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, **kwargs)
         self.stop_on_nan = stop_on_nan
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        epoch = getattr(self.model, "_initial_epoch", 0) or 0  # Set by the restore.
+        if epoch:
+            print(
+                f"Resuming from epoch {epoch + 1} (epochs 1-{epoch} restored from {self.backup_dir})",
+                flush=True,
+            )
+
     def _save_model(self):
         if self.stop_on_nan.nan_epoch is None:
             super()._save_model()
@@ -182,46 +195,47 @@ class TrainingStatistics(keras.callbacks.Callback):
     """Every `every` epochs (and after the last), logs the statistics of the paper's Fig. 7.
 
     Per class, to TensorBoard (`<log_dir>/stats`): `train_accuracy/<c>_<name>` on a fixed,
-    unaugmented sample of the training subset (up to `train_per_class` images per class),
-    `test_accuracy/...` on the test split, `classifier_norm/...` (||w_c||_2) and
-    `feature_deviation/...`: the distance between the class's mean l2-normalised feature on that
-    training sample and on the test split. A Custom Scalars layout shows each statistic with all
-    classes in one chart, as in Fig. 7.
+    unaugmented sample of the training subset, `test_accuracy/...` on the test split,
+    `classifier_norm/...` (||w_c||_2) and `feature_deviation/...`: the distance between the class's
+    mean l2-normalised feature on that training sample and on the test split. A Custom Scalars
+    layout shows each statistic with all classes in one chart, as in Fig. 7.
 
-    Cost: one inference pass (one `predict` call, traced once) over at most C * train_per_class
-    training images and the test split per logged epoch; training itself is unchanged (same weights
-    with --deterministic). Measured with flags/digits_lt50_cdt.cfg and every=1 (60 passes over 318 +
-    500 images) on 2 busy CPU cores: training time 10.2 s -> 12.2 s (+20%). Estimated for CIFAR-10-LT
-    (1,000 + 10,000 images against about 3 x 12,406 forward-equivalents per training epoch): about
-    +30% with every=1, +3% with every=10.
+    It is handed its data (the training wiring builds the pipelines) and makes one inference pass
+    over each per logged epoch; training itself is unchanged (same weights with --deterministic).
+    BENCHMARKS.md measures its cost.
     """
 
     def __init__(
         self,
-        train_images: np.ndarray,
+        train_sample: tf.data.Dataset,
         train_labels: np.ndarray,
-        test_images: np.ndarray,
+        test: tf.data.Dataset,
         test_labels: np.ndarray,
         class_names: Sequence[str],
         log_dir: str,
         every: int,
         epochs: int,
-        train_per_class: int = 100,
-        seed: int = 0,
-        batch_size: int = 500,
+        evaluation: PerClassEvaluation | None = None,
     ):
+        """
+        Args:
+          train_sample: unaugmented (images, labels) batches of a sample of the training subset.
+          train_labels: its labels [N].
+          test: unaugmented (images, labels) batches of the test split.
+          test_labels: its labels [M].
+          class_names: C names (TensorBoard tags).
+          log_dir: the run's TensorBoard directory.
+          every: log every this many epochs (and after the last).
+          epochs: the run's epochs.
+          evaluation: the run's PerClassEvaluation, listed before this callback: on an epoch that
+            both log, its test pass is reused instead of a second one.
+        """
         super().__init__()
         self.class_names = list(class_names)
-        sample = analysis.sample_per_class(train_labels, train_per_class, seed, len(self.class_names))
-        self.train_labels = np.asarray(train_labels)[sample]
-        self.test_labels = np.asarray(test_labels)
-        # One dataset, the training sample then the test split: one predict call per logged epoch.
-        self.data = input_pipeline.build_eval_dataset(
-            np.concatenate([np.asarray(train_images)[sample], np.asarray(test_images)]),
-            np.concatenate([self.train_labels, self.test_labels]),
-            batch_size,
-        )
+        self.train_sample, self.train_labels = train_sample, np.asarray(train_labels, np.int64)
+        self.test, self.test_labels = test, np.asarray(test_labels, np.int64)
         self.every, self.epochs = every, epochs
+        self.evaluation = evaluation
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "stats"))
         self._probe = None
 
@@ -242,25 +256,19 @@ class TrainingStatistics(keras.callbacks.Callback):
             return
         num_classes = len(self.class_names)
         if self._probe is None:  # Shares the network's layers, so it always sees the current weights.
-            self._probe = keras.Model(
-                self.model.inputs, [self.model.get_layer("classifier").input, self.model.outputs[0]]
-            )
-        features, logits = self._probe.predict(self.data, verbose=0)
-        split = len(self.train_labels)
-        train_features, test_features = features[:split], features[split:]
-        train_logits, test_logits = logits[:split], logits[split:]
+            self._probe = features.probe(self.model)
+        train = features.extract(self._probe, self.train_sample, self.train_labels)
+        shared = self.evaluation.latest if self.evaluation is not None else None
+        if shared is not None and shared[0] == epoch:
+            test = shared[1]
+        else:
+            test = features.extract(self._probe, self.test, self.test_labels)
         statistics = {
-            "train_accuracy": evaluate.per_class_accuracy(
-                train_logits.argmax(1), self.train_labels, num_classes
-            ),
-            "test_accuracy": evaluate.per_class_accuracy(
-                test_logits.argmax(1), self.test_labels, num_classes
-            ),
-            "classifier_norm": analysis.classifier_norms(
-                keras.ops.convert_to_numpy(self.model.get_layer("classifier").kernel)
-            ),
-            "feature_deviation": analysis.mean_deviation(
-                train_features, self.train_labels, test_features, self.test_labels, num_classes
+            "train_accuracy": evaluate.per_class_accuracy(train.logits.argmax(1), train.labels, num_classes),
+            "test_accuracy": evaluate.per_class_accuracy(test.logits.argmax(1), test.labels, num_classes),
+            "classifier_norm": diagnosis.classifier_norms(features.classifier(self.model)[1]),
+            "feature_deviation": diagnosis.mean_deviation(
+                train.features, train.labels, test.features, test.labels, num_classes
             ),
         }
         with self.writer.as_default(step=epoch):

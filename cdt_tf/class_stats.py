@@ -141,3 +141,36 @@ def _positive_counts(class_counts: Sequence[int]) -> np.ndarray:
         empty = np.flatnonzero(counts <= 0).tolist()
         raise ValueError(f"every class needs at least one training image; classes {empty} have none")
     return counts
+
+
+def sample_per_class(
+    labels: Sequence[int], counts: Sequence[int], seed: int, stream: Sequence[int] = ()
+) -> np.ndarray:
+    """Sorted int64 positions (into labels) of counts[c] examples of each class c, without replacement.
+
+    The one seeded per-class sampler of cdt_tf: class c is drawn with its own generator
+    `np.random.default_rng([seed, c, *stream])`, so one class's draw does not depend on the others,
+    and `stream` separates independent draws from one seed (the training subset uses (), the
+    held-out split (1,), the statistics samples () on their own labels).
+
+    Args:
+      labels: int [N] class indices.
+      counts: per class, how many to draw; at most the class's size (ValueError otherwise).
+      seed: the run's seed.
+      stream: extra seed words naming the draw.
+    """
+    labels = np.asarray(labels, np.int64)
+    chosen = []
+    for c, count in enumerate(counts):
+        members = np.flatnonzero(labels == c)
+        if count > len(members):
+            raise ValueError(f"class {c} has {len(members)} examples, fewer than the {count} asked for")
+        chosen.append(
+            np.random.default_rng([seed, c, *stream]).choice(members, size=int(count), replace=False)
+        )
+    return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
+
+
+def capped_counts(labels: Sequence[int], per_class: int, num_classes: int) -> np.ndarray:
+    """min(per_class, N_c) for each of num_classes classes of labels: a per-class cap as counts."""
+    return np.minimum(per_class, np.bincount(np.asarray(labels, np.int64), minlength=num_classes))

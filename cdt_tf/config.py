@@ -8,35 +8,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import math
 
 from absl import flags
 
-from cdt_tf import class_stats, datasets
+from cdt_tf import catalog, class_stats
+from cdt_tf.catalog import AUTO_MODELS
 from cdt_tf.errors import UserError
-
-# The CLI's vocabulary. Kept here, free of TensorFlow, so that bad flags are refused
-# at once; the modules that implement each name are tested against these lists.
-LOSSES = ("ce", "cdt", "reweight", "focal", "cb", "ldam", "la")
-SAMPLERS = ("instance", "class_balanced")
-GAMMA_SCHEDULES = ("constant", "step", "linear")
-CLASSIFIERS = ("auto", "linear", "cosine")
-WEIGHT_REDUCTIONS = ("weights", "batch_size")  # Tested against losses.WEIGHT_REDUCTIONS.
-STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")  # Tested against distribution.STRATEGIES.
-AUGMENTATIONS = ("auto", "crop_flip", "none")
-MODEL_NAMES = (
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-    "resnet18",
-    "resnet50",
-    "digits_convnet",
-)
-# --model=auto per dataset (resnet32 for the others).
-AUTO_MODELS = {"digits": "digits_convnet", "tiny_imagenet": "resnet18", "inat2018": "resnet50"}
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -46,7 +24,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         for kind in ("enum", "string", "float", "integer", "bool", "list")
     }
     # Data.
-    define["enum"]("dataset", None, datasets.DATASETS, "Dataset to train on.")
+    define["enum"]("dataset", None, catalog.DATASETS, "Dataset to train on.")
     define["string"](
         "data_dir",
         None,
@@ -54,6 +32,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "(read as an image folder, classes in sorted name order). image_folder: that folder. "
         "tiny_imagenet: the tiny-imagenet-200 folder. inat2018: the folder holding train2018.json and "
         "val2018.json (file_name paths are relative to it), else the TFDS data_dir of i_naturalist2018.",
+    )
+    define["enum"](
+        "bad_images",
+        "error",
+        ["error", "skip"],
+        "Image files that are empty or not an image (checked by their first bytes when the data is "
+        "loaded, before training): error stops with one message counting and naming them; skip leaves "
+        "them out of their split with one warning line, and the run records which.",
     )
     define["enum"](
         "imbalance",
@@ -74,30 +60,59 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["enum"](
         "augmentation",
         "auto",
-        AUGMENTATIONS,
+        ("auto",) + catalog.AUGMENTATIONS,
         "Training augmentation. auto: crop_flip (pad H/8, random crop, flip) except none for digits. "
         "inat2018: crop_flip is the random-resized crop (8-100 % of the area) + flip; none is the test "
         "resize + centre crop.",
+    )
+    define["float"](
+        "randaugment_magnitude",
+        0.0,
+        "RandAugment (keras.layers.RandAugment) per training image after pad-crop-flip, with this factor in "
+        "(0, 1]: each op's strength is drawn in [0, factor] (RandAugment's M=9 of 30 is about 0.3). 0: off.",
+    )
+    define["integer"]("randaugment_ops", 2, "RandAugment: ops applied to each image (N).")
+    define["integer"](
+        "cutout",
+        0,
+        "Cutout: side of a square zeroed at a random position of each training image (after RandAugment), "
+        "clipped at the borders. The CIFAR standard is 16. 0: off.",
+    )
+    define["float"](
+        "mixup_alpha",
+        0.0,
+        "MixUp per training batch: lam ~ Beta(alpha, alpha), images and one-hot labels mixed with a "
+        "permutation of the batch; the losses take the soft labels. 0: off.",
+    )
+    define["float"](
+        "cutmix_alpha",
+        0.0,
+        "CutMix per training batch: lam ~ Beta(alpha, alpha) sets a box of the partner image pasted in, "
+        "labels mixed by area. With --mixup_alpha too, each mixed batch picks one of the two (50/50). "
+        "0: off.",
+    )
+    define["float"](
+        "mix_prob", 1.0, "Probability that a batch is mixed (MixUp/CutMix); the others keep one-hot labels."
     )
     # Model and objective.
     define["enum"](
         "model",
         "auto",
-        ("auto",) + MODEL_NAMES,
+        ("auto",) + catalog.MODEL_NAMES,
         "Network. auto: resnet32, or digits_convnet for digits, resnet18 for tiny_imagenet, resnet50 "
         "for inat2018.",
     )
     define["enum"](
         "classifier",
         "auto",
-        CLASSIFIERS,
+        ("auto",) + catalog.CLASSIFIERS,
         "Last layer: linear (Dense with bias) or cosine (normalised features and weights, no bias). "
         "auto: cosine for --loss=ldam (as its reference code), else linear.",
     )
     define["enum"](
         "loss",
         "ce",
-        LOSSES,
+        catalog.LOSSES,
         "Training objective: ce (ERM), cdt (class-dependent temperatures), reweight (weights N_c^-gamma), "
         "focal, cb (class-balanced, effective number), ldam (label-distribution-aware margins), "
         "la (logit-adjusted).",
@@ -111,7 +126,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["enum"](
         "gamma_schedule",
         "constant",
-        GAMMA_SCHEDULES,
+        catalog.GAMMA_SCHEDULES,
         "How gamma (cdt, reweight) moves during training: constant; step (0 before --gamma_epoch, then "
         "gamma: the paper's iNaturalist recipe); linear (0 at epoch 0 rising to gamma at --gamma_epoch).",
     )
@@ -135,14 +150,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["enum"](
         "class_weight_reduction",
         "weights",
-        WEIGHT_REDUCTIONS,
+        catalog.WEIGHT_REDUCTIONS,
         "Reduction of class-weighted losses: weights (sum w l / sum w, the PyTorch reference code) or "
         "batch_size (sum w l / B, Keras's class_weight).",
     )
     define["enum"](
         "sampler",
         "instance",
-        SAMPLERS,
+        catalog.SAMPLERS,
         "instance: shuffle the training subset. class_balanced: each example's class drawn uniformly, "
         "then an image of that class (re-sampling).",
     )
@@ -152,6 +167,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         0,
         "Hold out K training images per class (from the imbalanced subset) as a balanced validation "
         "split to select post-hoc tau on (the paper's Table 9). 0: select on the test set, labelled so.",
+    )
+    define["integer"](
+        "val_per_class",
+        0,
+        "A balanced validation split of N images per class, evaluated at the end of training (results.json "
+        "'validation') and used to select post-hoc tau. A class's N images come from the training pool "
+        "images outside the run's subset when it has N to spare, else out of its own subset (then removed "
+        "from training); subset.json records which. 0: off. Exclusive with --holdout_per_class.",
     )
     define["string"](
         "tau_from",
@@ -165,12 +188,28 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["float"]("learning_rate", 0.1, "Peak learning rate, reached after the warm-up.")
     define["float"]("momentum", 0.9, "SGD momentum.")
     define["float"]("weight_decay", 2e-4, "Coupled (PyTorch-style) L2 weight decay.")
+    define["enum"](
+        "lr_schedule",
+        "step",
+        catalog.LR_SCHEDULES,
+        "Learning-rate schedule. step: per-epoch linear warm-up over --warmup_epochs, then the base rate "
+        "times each --decay_multipliers from its --decay_epochs on (the paper's recipe). cosine: per-step "
+        "linear warm-up over --warmup_epochs, then cosine decay to 0 at the end of --epochs (ignores "
+        "--decay_epochs and --decay_multipliers).",
+    )
     define["integer"]("warmup_epochs", 5, "Epochs of linear learning-rate warm-up.")
     define["list"]("decay_epochs", ["160", "180"], "0-based epochs at which the decays start.")
     define["list"](
         "decay_multipliers", ["0.01", "0.0001"], "Learning-rate multiplier from each decay epoch on."
     )
     define["integer"]("steps_per_epoch", 0, "Optimizer steps per epoch (0: one pass over the subset).")
+    define["integer"](
+        "eval_per_class",
+        0,
+        "Bound every evaluation to K images per class (seeded): the test split (per-epoch evaluation, "
+        "results, post-hoc) and the training-subset pass of post-hoc (NCM centres). 0: all. For smoke "
+        "runs with --steps_per_epoch (e.g. --eval_per_class=2); results.json then says so.",
+    )
     # Run.
     define["string"]("model_dir", None, "Run directory: config, checkpoints, logs, results.")
     define["integer"]("seed", 0, "Seeds the subset, Keras, NumPy, TensorFlow and every shuffle.")
@@ -187,18 +226,26 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["enum"](
         "strategy",
         "auto",
-        STRATEGIES,
+        catalog.STRATEGIES,
         "tf.distribute strategy. auto: MirroredStrategy when more than one GPU is visible, else one device. "
         "mirrored: all visible GPUs (or the CPU). one_device: the first GPU (or the CPU). multi_worker: "
         "MultiWorkerMirroredStrategy across the machines listed in the TF_CONFIG environment variable; run "
         "the same command on every machine, only the chief writes --model_dir (BUILD.md). "
         "--batch_size is global (split over the replicas).",
     )
+    define["enum"](
+        "precision",
+        "float32",
+        catalog.PRECISIONS,
+        "Compute precision. auto: mixed_float16 on GPUs of compute capability >= 7.0, mixed_bfloat16 on "
+        "CPUs with native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere. Logits, temperatures and "
+        "losses stay float32. A resumed run keeps the precision it started with (config.json).",
+    )
     define["bool"](
         "mixed_precision",
         False,
-        "Compute in mixed_float16 on GPUs, mixed_bfloat16 on CPUs with bfloat16 arithmetic; logits, "
-        "temperatures and losses stay float32.",
+        "Deprecated: --precision=auto without the float32 fallback (mixed_float16 on GPUs, "
+        "mixed_bfloat16 on CPUs with bfloat16 arithmetic). Kept so that older commands still run.",
     )
     define["string"](
         "profile_batch",
@@ -216,11 +263,18 @@ class Config:
     dataset: str
     model_dir: str
     data_dir: str | None = None
+    bad_images: str = "error"
     imbalance: str = "none"
     imbalance_ratio: float = 1.0
     max_per_class: int = 0
     image_size: int = 0
     augmentation: str = "auto"
+    randaugment_magnitude: float = 0.0
+    randaugment_ops: int = 2
+    cutout: int = 0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
     model: str = "auto"
     classifier: str = "auto"
     loss: str = "ce"
@@ -237,8 +291,10 @@ class Config:
     class_weight_reduction: str = "weights"
     sampler: str = "instance"
     holdout_per_class: int = 0
+    val_per_class: int = 0
     tau_from: str | None = None
     strategy: str = "auto"
+    precision: str = "float32"
     mixed_precision: bool = False
     profile_batch: str = ""
     epochs: int = 200
@@ -246,10 +302,12 @@ class Config:
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
+    lr_schedule: str = "step"
     warmup_epochs: int = 5
     decay_epochs: tuple[int, ...] = (160, 180)
     decay_multipliers: tuple[float, ...] = (0.01, 0.0001)
     steps_per_epoch: int = 0
+    eval_per_class: int = 0
     seed: int = 0
     deterministic: bool = False
     eval_every: int = 10
@@ -266,6 +324,8 @@ class Config:
         "strategy",
         "profile_batch",
     )
+    # Keys of config.json that record what a run resolved when it started (not flags).
+    RECORDED_FIELDS = ("resolved_precision",)
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> Config:
@@ -281,7 +341,8 @@ class Config:
         return cls(**values).validate()
 
     @property
-    def model_name(self) -> str:
+    def resolved_model(self) -> str:
+        """--model with auto resolved for the dataset."""
         if self.model != "auto":
             return self.model
         return AUTO_MODELS.get(self.dataset, "resnet32")
@@ -295,31 +356,105 @@ class Config:
         return first, last
 
     @property
-    def classifier_name(self) -> str:
+    def resolved_classifier(self) -> str:
+        """--classifier with auto resolved for the loss."""
         if self.classifier != "auto":
             return self.classifier
         return "cosine" if self.loss == "ldam" else "linear"
 
     @property
-    def augmentation_name(self) -> str:
+    def resolved_augmentation(self) -> str:
+        """--augmentation with auto resolved for the dataset."""
         if self.augmentation != "auto":
             return self.augmentation
         return "none" if self.dataset == "digits" else "crop_flip"
 
+    @property
+    def mixes_batches(self) -> bool:
+        """Whether training batches are mixed (MixUp/CutMix): their labels are then float [B, C] vectors."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
     def validate(self) -> Config:
         """Raises UserError naming the first bad value and what to do; returns self."""
+        # Order: each flag's own vocabulary and range first, then the checks that tie flags together,
+        # so that the message names the flag the user got wrong (--epochs=0 is about --epochs, not
+        # about the --drw_epoch range it also breaks).
         checks = [
             (
-                self.dataset in datasets.DATASETS,
-                f"unknown dataset {self.dataset!r}; use one of {datasets.DATASETS}",
+                bool(self.model_dir),
+                "--model_dir is required: the run directory for config, checkpoints and results",
             ),
-            (self.loss in LOSSES, f"unknown loss {self.loss!r}; use one of {LOSSES}"),
-            (self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}"),
-            (self.strategy in STRATEGIES, f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}"),
+            *(
+                (value in choices, f"unknown {name} {value!r}; use one of {choices}")
+                for name, value, choices in (
+                    ("dataset", self.dataset, catalog.DATASETS),
+                    ("loss", self.loss, catalog.LOSSES),
+                    ("sampler", self.sampler, catalog.SAMPLERS),
+                    ("strategy", self.strategy, catalog.STRATEGIES),
+                    ("precision", self.precision, catalog.PRECISIONS),
+                    ("imbalance", self.imbalance, class_stats.PROFILES),
+                )
+            ),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.max_per_class >= 0, f"--max_per_class must be >= 0, got {self.max_per_class}"),
+            (self.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}"),
+            (self.eval_per_class >= 0, f"--eval_per_class must be >= 0 (0: all), got {self.eval_per_class}"),
+            (
+                math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1,
+                f"--imbalance_ratio is N_max / N_min and must be >= 1, got {self.imbalance_ratio}",
+            ),
+            (math.isfinite(self.gamma) and self.gamma >= 0, f"--gamma must be >= 0, got {self.gamma}"),
+            (self.focal_gamma >= 0, f"--focal_gamma must be >= 0, got {self.focal_gamma}"),
+            (0 <= self.cb_beta < 1, f"--cb_beta must be in [0, 1), got {self.cb_beta}"),
+            (self.ldam_max_margin >= 0, f"--ldam_max_margin must be >= 0, got {self.ldam_max_margin}"),
+            (self.ldam_scale > 0, f"--ldam_scale must be > 0, got {self.ldam_scale}"),
+            (math.isfinite(self.la_tau), f"--la_tau must be a number, got {self.la_tau}"),
+            (
+                self.holdout_per_class >= 0,
+                f"--holdout_per_class must be >= 0 (0: off), got {self.holdout_per_class}",
+            ),
+            (
+                self.val_per_class >= 0,
+                f"--val_per_class must be >= 0 (0: off), got {self.val_per_class}",
+            ),
+            (
+                self.lr_schedule in catalog.LR_SCHEDULES,
+                f"unknown lr_schedule {self.lr_schedule!r}; use one of {catalog.LR_SCHEDULES}",
+            ),
+            (
+                math.isfinite(self.mixup_alpha) and self.mixup_alpha >= 0,
+                f"--mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}",
+            ),
+            (
+                math.isfinite(self.cutmix_alpha) and self.cutmix_alpha >= 0,
+                f"--cutmix_alpha must be >= 0 (0: off), got {self.cutmix_alpha}",
+            ),
+            (0 <= self.mix_prob <= 1, f"--mix_prob must be in [0, 1], got {self.mix_prob}"),
+            (
+                0 <= self.randaugment_magnitude <= 1,
+                f"--randaugment_magnitude must be in [0, 1] (0: off), got {self.randaugment_magnitude}",
+            ),
+            (self.randaugment_ops >= 1, f"--randaugment_ops must be >= 1, got {self.randaugment_ops}"),
+            (self.cutout >= 0, f"--cutout must be >= 0 (0: off), got {self.cutout}"),
+            (
+                self.eval_every >= 1 and self.checkpoint_every >= 1,
+                "--eval_every and --checkpoint_every must be >= 1",
+            ),
+            (self.stats_every >= 0, f"--stats_every must be >= 0 (0: off), got {self.stats_every}"),
             (
                 _valid_profile_batch(self.profile_batch),
                 f"--profile_batch takes two step numbers a,b with 1 <= a <= b (e.g. 10,20), "
                 f"got {self.profile_batch!r}",
+            ),
+            # Checks that tie flags together.
+            (
+                not (self.mixed_precision and self.precision != "float32"),
+                f"--mixed_precision is the old spelling of --precision; drop it and keep "
+                f"--precision={self.precision}",
             ),
             (
                 self.gamma_schedule == "constant" or self.loss in ("cdt", "reweight"),
@@ -340,37 +475,25 @@ class Config:
                 "--drw_epoch with --loss=reweight: defer its weights with --gamma_schedule=step "
                 "--gamma_epoch=E instead",
             ),
-            (self.focal_gamma >= 0, f"--focal_gamma must be >= 0, got {self.focal_gamma}"),
-            (0 <= self.cb_beta < 1, f"--cb_beta must be in [0, 1), got {self.cb_beta}"),
-            (self.ldam_max_margin >= 0, f"--ldam_max_margin must be >= 0, got {self.ldam_max_margin}"),
-            (self.ldam_scale > 0, f"--ldam_scale must be > 0, got {self.ldam_scale}"),
-            (math.isfinite(self.la_tau), f"--la_tau must be a number, got {self.la_tau}"),
-            (
-                self.holdout_per_class >= 0,
-                f"--holdout_per_class must be >= 0 (0: off), got {self.holdout_per_class}",
-            ),
             (
                 not (self.tau_from and self.holdout_per_class),
                 "--tau_from applies held-out taus to a run on the full subset; drop --holdout_per_class",
             ),
             (
-                self.imbalance in class_stats.PROFILES,
-                f"unknown imbalance {self.imbalance!r}; use one of {class_stats.PROFILES}",
+                not (self.val_per_class and self.holdout_per_class),
+                "--val_per_class and --holdout_per_class are two ways to select tau on a validation split; "
+                "use one",
             ),
             (
-                math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1,
-                f"--imbalance_ratio is N_max / N_min and must be >= 1, got {self.imbalance_ratio}",
+                self.lr_schedule != "cosine" or self.warmup_epochs < self.epochs,
+                f"--lr_schedule=cosine needs --warmup_epochs < --epochs ({self.epochs}), "
+                f"got {self.warmup_epochs}",
             ),
-            (math.isfinite(self.gamma) and self.gamma >= 0, f"--gamma must be >= 0, got {self.gamma}"),
             (
-                bool(self.model_dir),
-                "--model_dir is required: the run directory for config, checkpoints and results",
+                not (self.mixes_batches and self.strategy == "multi_worker"),
+                "--mixup_alpha/--cutmix_alpha give soft labels, which the training loop of "
+                "--strategy=multi_worker does not take; use --strategy=auto or mirrored",
             ),
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
-            (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
-            (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (
                 len(self.decay_epochs) == len(self.decay_multipliers),
                 f"--decay_epochs {list(self.decay_epochs)} and --decay_multipliers "
@@ -380,13 +503,6 @@ class Config:
                 all(b > a for a, b in itertools.pairwise(self.decay_epochs)),
                 f"--decay_epochs must strictly increase, got {list(self.decay_epochs)}",
             ),
-            (self.max_per_class >= 0, f"--max_per_class must be >= 0, got {self.max_per_class}"),
-            (self.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}"),
-            (
-                self.eval_every >= 1 and self.checkpoint_every >= 1,
-                "--eval_every and --checkpoint_every must be >= 1",
-            ),
-            (self.stats_every >= 0, f"--stats_every must be >= 0 (0: off), got {self.stats_every}"),
             (
                 self.dataset != "image_folder" or bool(self.data_dir),
                 "--dataset=image_folder needs --data_dir=<folder with train/<class>/ and test/<class>/>",
@@ -403,9 +519,6 @@ class Config:
         values["decay_multipliers"] = list(self.decay_multipliers)
         return values
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     def differences(self, other: dict) -> list[str]:
         """Fields (other than RESUMABLE_FIELDS) whose values differ from a stored config dict.
 
@@ -420,7 +533,9 @@ class Config:
         return sorted(
             key
             for key in set(mine) | set(other)
-            if key not in self.RESUMABLE_FIELDS and mine.get(key) != other.get(key, defaults.get(key))
+            if key not in self.RESUMABLE_FIELDS
+            and key not in self.RECORDED_FIELDS
+            and mine.get(key) != other.get(key, defaults.get(key))
         )
 
 

@@ -18,9 +18,10 @@ import os
 import keras
 import tensorflow as tf
 
+from cdt_tf import catalog
 from cdt_tf.errors import UserError
 
-STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+STRATEGIES = catalog.STRATEGIES
 # multi_worker trains with a custom loop (cdt_tf/multi_worker.py), not Model.fit: Keras 3's fit and
 # predict fail under MultiWorkerMirroredStrategy (keras-team/keras#20585, tensorflow/tensorflow#72388).
 
@@ -113,31 +114,74 @@ def task_name(tf_config: dict) -> str:
     return f"{tf_config['task']['type']}{tf_config['task'].get('index', 0)}"
 
 
-def cpu_supports_bfloat16() -> bool:
-    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+def cpu_flags() -> str:
+    """The CPU feature flags of /proc/cpuinfo ("" where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
+        return ""
+
+
+def cpu_supports_bfloat16(flags: str | None = None) -> bool:
+    """Whether the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX) by its cpuinfo flags."""
+    flags = cpu_flags() if flags is None else flags
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def mixed_precision_policy() -> str:
-    """mixed_float16 on GPUs, mixed_bfloat16 on CPUs with native bfloat16; else a UserError."""
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    if cpu_supports_bfloat16():
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """(major, minor) compute capability of each visible GPU ((0, 0) where TensorFlow does not say)."""
+    return [
+        tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+
+
+def resolve_precision(requested: str, gpu_capabilities: list[tuple[int, int]], cpu_has_bfloat16: bool) -> str:
+    """The Keras dtype policy for --precision on a machine with these devices (a pure function).
+
+    Args:
+      requested: one of catalog.PRECISIONS, or "mixed" (the deprecated --mixed_precision: like auto
+        but refusing machines without fast reduced precision).
+      gpu_capabilities: (major, minor) per visible GPU; empty on a CPU-only machine.
+      cpu_has_bfloat16: whether the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX).
+
+    Returns:
+      "float32", "mixed_bfloat16" or "mixed_float16". auto: mixed_float16 when every GPU has
+      tensor cores (compute capability >= 7.0), mixed_bfloat16 on a CPU-only machine with native
+      bfloat16, float32 elsewhere (older GPUs, CPUs without bfloat16).
+    """
+    if requested == "float32" or requested == "mixed_bfloat16":
+        return requested
+    if requested == "mixed_float16":
+        if not gpu_capabilities:
+            raise UserError("--precision=mixed_float16 needs a GPU; use --precision=auto or float32")
+        return requested
+    if requested not in ("auto", "mixed"):
+        raise UserError(f"unknown --precision {requested!r}; use one of {catalog.PRECISIONS}")
+    if gpu_capabilities:
+        if all(tuple(c) >= (7, 0) for c in gpu_capabilities):
+            return "mixed_float16"
+    elif cpu_has_bfloat16:
         return "mixed_bfloat16"
-    raise UserError(
-        "--mixed_precision needs a GPU or a CPU with bfloat16 arithmetic (AVX512-BF16/AMX); drop the flag"
-    )
+    if requested == "mixed":
+        raise UserError(
+            "--mixed_precision needs a GPU of compute capability >= 7.0 or a CPU with bfloat16 arithmetic "
+            "(AVX512-BF16/AMX); drop the flag, or use --precision=auto (float32 here)"
+        )
+    return "float32"
 
 
-def set_precision(mixed: bool) -> str:
-    """Sets Keras' global dtype policy; returns its name. Logits, temperatures and losses stay float32
-    (the classifier layer is float32 and every loss casts its inputs); Keras wraps the optimizer in a
-    LossScaleOptimizer under mixed_float16."""
-    policy = mixed_precision_policy() if mixed else "float32"
+def machine_precision(requested: str) -> str:
+    """`resolve_precision` for this machine's devices."""
+    return resolve_precision(requested, gpu_compute_capabilities(), cpu_supports_bfloat16())
+
+
+def set_precision(policy: str) -> str:
+    """Sets Keras' global dtype policy (a resolved precision); returns it. Logits, temperatures and
+    losses stay float32 (the classifier layer is float32 and every loss casts its inputs); Keras
+    wraps the optimizer in a LossScaleOptimizer under mixed_float16."""
+    if policy not in catalog.PRECISIONS or policy == "auto":
+        raise ValueError(f"set_precision takes a resolved precision, got {policy!r}")
     keras.mixed_precision.set_global_policy(policy)
     return policy

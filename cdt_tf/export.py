@@ -7,6 +7,8 @@ Writes the next TF Serving version directory `<export_dir>/<N>/` (1, 2, ...; an 
 never touched): saved_model.pb, variables/, assets/class_names.txt (one name per line, read by the
 graph) and cdt_export.json (tau, class counts, source run). The directory is written under a
 temporary name and renamed when complete, so a server watching export_dir never sees half of it.
+N is 1 + the largest version already there, counting every name TF Serving reads as a version
+(see parse_version: "05" is version 5, so the next is 6); N is always written plainly ("6").
 
 Signatures (every output is batched, B = the number of images):
   serving_default     images uint8 [B, H, W, 3]
@@ -15,6 +17,14 @@ Signatures (every output is batched, B = the number of images):
   -> logits float32 [B, C] (raw decision values), calibrated_logits float32 [B, C] (logits / N_c^tau),
      probabilities float32 [B, C] (softmax of calibrated_logits), classes int64 [B] (their argmax),
      class_names string [B] (the name of classes).
+An empty batch (B = 0: images [0, H, W, 3], image_bytes []) returns empty outputs ([0, C], [0]).
+image_bytes must be a vector: a scalar string is refused ("Shape of tensor image_bytes [] is not
+compatible with expected shape [?]"); send a batch of one, [data].
+
+tau must lie in cdt_tf.calibration.TAU_RANGE ([0, 5]): --tau, a recorded tau and serve_with_tau's
+tau outside it are refused. calibrated_logits is exactly logits / N_c^tau unless N_max^tau > e^60
+(more than 162,754 images in a class), where it is that times a positive constant so that nothing
+underflows (see NcTauCalibration); classes is always the argmax of logits / N_c^tau.
 
 Images of another size than the model's are resized (bilinear, rounded to uint8 levels), as the
 data loader resized the training and test images (cdt_tf.datasets.decode_images). tau defaults to
@@ -26,22 +36,22 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
+import re
 import shutil
-import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out of the way.
+from absl import flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from cdt_tf.errors import UserError  # noqa: E402
+from cdt_tf import cli, rundir
+from cdt_tf.errors import UserError
 
 SIGNATURES = ("serving_default", "serve_image_bytes", "serve_with_tau")
-OUTPUTS = ("logits", "calibrated_logits", "probabilities", "classes", "class_names")
 CLASS_NAMES_FILE = "class_names.txt"
 METADATA_FILE = "cdt_export.json"
+INT64_MAX = 2**63 - 1
+# A directory name TF Serving parses as a version (strings::safe_strto64; C isspace is [ \t\n\v\f\r]).
+_VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*-?[0-9]+[ \t\n\v\f\r]*")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -57,8 +67,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float(
         "tau",
         None,
-        "N_c^tau exponent of serving_default and serve_image_bytes "
-        "(default: results.json's post_hoc.nc_tau.tau, else 0).",
+        "N_c^tau exponent of serving_default and serve_image_bytes, within "
+        "cdt_tf.calibration.TAU_RANGE, 0 to 5 (default: results.json's post_hoc.nc_tau.tau, else 0).",
         flag_values=flag_values,
     )
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
@@ -75,12 +85,32 @@ def default_tau(results: dict) -> tuple[float, str]:
     return float(tau), "results.json post_hoc.nc_tau.tau"
 
 
+def parse_version(name: str) -> int | None:
+    """The version number TensorFlow Serving reads from a directory name under its base path, else None.
+
+    TF Serving (FileSystemStoragePathSource) takes every name that strings::safe_strto64 parses:
+    ASCII digits with an optional "-", leading zeros ("05" is version 5) and surrounding spaces,
+    within int64. Other names ("notes", ".tmp-export-x", "²", "1e3", 2**63) are not versions.
+    """
+    if not _VERSION_NAME.fullmatch(name):
+        return None
+    version = int(name)
+    return version if -(2**63) <= version <= INT64_MAX else None
+
+
 def next_version(export_dir: str) -> int:
-    """1 + the largest integer-named subdirectory of export_dir (1 when there is none)."""
+    """1 + the largest version (parse_version) under export_dir; 1 when there is none (or only <= 0).
+
+    A name like "05" counts as the version TF Serving makes of it (5): a new "1".."5" next to it would
+    be older than it for the server's latest-version policy, or a duplicate of version 5.
+    """
     if not os.path.isdir(export_dir):
         return 1
-    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()]
-    return max(versions, default=0) + 1
+    versions = [parse_version(name) for name in os.listdir(export_dir)]
+    latest = max([0, *(v for v in versions if v is not None)])
+    if latest >= INT64_MAX:
+        raise UserError(f"{export_dir} already holds version {latest}, the largest TF Serving reads")
+    return latest + 1
 
 
 def check_class_names(class_names) -> list[str]:
@@ -110,7 +140,7 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
     """
     import tensorflow as tf
 
-    from cdt_tf.calibration import NcTauCalibration
+    from cdt_tf.calibration import TAU_RANGE, NcTauCalibration
 
     _, height, width, channels = model.inputs[0].shape
     if channels != 3 or height is None or width is None:
@@ -118,6 +148,10 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
     num_classes = model.outputs[0].shape[-1]
     if len(class_counts) != num_classes:
         raise UserError(f"{len(class_counts)} class counts for a model with {num_classes} classes")
+    try:
+        calibration = NcTauCalibration(class_counts, tau, name="nc_tau")
+    except ValueError as error:  # A tau outside TAU_RANGE, or unusable class counts.
+        raise UserError(str(error)) from None
 
     def to_model_size(images):
         """uint8 [..., h, w, 3] -> uint8 [..., H, W, 3], resized as cdt_tf.datasets.decode_images does."""
@@ -130,7 +164,7 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
         def __init__(self):
             super().__init__(name="cdt_serving")
             self.model = model
-            self.calibration = NcTauCalibration(class_counts, tau, name="nc_tau")
+            self.calibration = calibration
             self.class_names_file = tf.saved_model.Asset(class_names_path)
             self.class_names_table = tf.lookup.StaticHashTable(
                 tf.lookup.TextFileInitializer(
@@ -157,7 +191,13 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
             with tf.control_dependencies([check]):
                 images = tf.identity(images)
             images = tf.ensure_shape(to_model_size(images), [None, height, width, 3])
-            logits = tf.cast(self.model(tf.cast(images, tf.float32), training=False), tf.float32)
+
+            def network():
+                return tf.cast(self.model(tf.cast(images, tf.float32), training=False), tf.float32)
+
+            # An empty batch skips the network, whose batch-norm kernels refuse 0 images ("Incompatible
+            # shapes"): empty logits [0, C] give empty outputs of every shape and dtype.
+            logits = tf.cond(tf.shape(images)[0] > 0, network, lambda: tf.zeros([0, num_classes], tf.float32))
             calibrated = self.calibration(logits) if tau is None else self.calibration(logits, tau=tau)
             classes = tf.argmax(calibrated, axis=-1, output_type=tf.int64)
             return {
@@ -174,6 +214,13 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_image_bytes(self, image_bytes):
+            # A scalar string (one image without the batch axis) reaches a loaded signature, which does
+            # not check shapes, and would fail inside map_fn ("slice index 0 of dimension 0 out of
+            # bounds"): refuse it here, naming the input ("Shape of tensor image_bytes [] is not
+            # compatible with expected shape [?]"). tf.ensure_shape is a run-time check that stays in
+            # the graph, where a rank assertion is folded away (the static rank is 1).
+            image_bytes = tf.ensure_shape(image_bytes, [None])
+
             def decode(data):
                 image = tf.io.decode_image(data, channels=3, expand_animations=False)
                 image.set_shape([None, None, 3])
@@ -192,6 +239,12 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
         )
         def serve_with_tau(self, images, tau):
             tau = tf.debugging.check_numerics(tau, "tau must be a finite float32 scalar")
+            low, high = TAU_RANGE  # The range NcTauCalibration and `cdt_tf.export --tau` accept.
+            check = tf.debugging.Assert(
+                tf.logical_and(tau >= low, tau <= high), [f"tau must be in [{low:g}, {high:g}]; got", tau]
+            )
+            with tf.control_dependencies([check]):
+                tau = tf.identity(tau)
             return self.outputs(images, tau)
 
     return ServingModule()
@@ -210,8 +263,12 @@ def export_model(model, class_counts, class_names, export_dir: str, tau: float =
     """
     import tensorflow as tf
 
-    if not math.isfinite(tau):
-        raise UserError(f"--tau must be a finite number, got {tau}")
+    from cdt_tf.calibration import check_tau
+
+    try:
+        tau = check_tau(tau)  # A finite number in calibration.TAU_RANGE.
+    except ValueError as error:
+        raise UserError(str(error)) from None
     names = check_class_names(class_names)
     if len(names) != len(class_counts):
         raise UserError(f"{len(names)} class names for {len(class_counts)} class counts")
@@ -256,9 +313,7 @@ def export_model(model, class_counts, class_names, export_dir: str, tau: float =
 
 def export_run(model_dir: str, export_dir: str | None = None, tau: float | None = None) -> tuple[str, float]:
     """Exports a finished run's model.keras; returns (version directory, tau used)."""
-    from cdt_tf.analyze import read_run_dir  # Reads JSON only: a bad directory is refused before TF loads.
-
-    _, _, results = read_run_dir(model_dir)
+    _, _, results = rundir.read_finished(model_dir)  # JSON only: a bad directory is refused before TF loads.
     if tau is None:
         tau, tau_source = default_tau(results)
     else:
@@ -266,9 +321,13 @@ def export_run(model_dir: str, export_dir: str | None = None, tau: float | None 
     class_counts, class_names = results.get("class_counts"), results.get("class_names")
     if not class_counts or not class_names:
         raise UserError(f"{model_dir}/results.json lacks class_counts or class_names; re-run its training")
-    from cdt_tf.analyze import load_model  # Imports TensorFlow.
+    from cdt_tf.calibration import check_tau  # Imports Keras: after the run directory is known good.
 
-    model = load_model(os.path.join(model_dir, "model.keras"))
+    try:
+        tau = check_tau(tau)  # The range NcTauCalibration and serve_with_tau accept.
+    except ValueError as error:
+        raise UserError(f"{tau_source}: {error}") from None
+    model = rundir.load_model(os.path.join(model_dir, rundir.MODEL))  # Imports TensorFlow.
     path = export_model(
         model,
         class_counts,
@@ -280,25 +339,18 @@ def export_run(model_dir: str, export_dir: str | None = None, tau: float | None 
     return path, tau
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    flag_values = flags.FLAGS
+def command(flag_values) -> None:
+    """`python -m cdt_tf.export`: export a finished run and say where."""
     if not flag_values["verbosity"].present:
         # TensorFlow's INFO lines about the save name the staging directory, not the export.
         logging.set_verbosity(logging.WARNING)
-    try:
-        path, tau = export_run(flag_values.model_dir, flag_values.export_dir, flag_values.tau)
-    except UserError as error:
-        print(f"cdt_tf: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    path, tau = export_run(flag_values.model_dir, flag_values.export_dir, flag_values.tau)
     print(f"Exported {path} (tau={tau:g}); signatures: {', '.join(SIGNATURES)}")
     print(f"Inspect: saved_model_cli show --dir {path} --all")
 
 
-def run():
-    define_flags()
-    app.run(main)
+def run() -> None:
+    cli.run(define_flags, command)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Test: balanced, unaugmented, batched.
 
 Images read from files (iNaturalist): shuffled file names -> parallel read, decode,
 random-resized crop + flip -> batch -> prefetch; test: resize + centre crop, batched.
+A training image that fails to decode is dropped with a logged warning (see `_decode_and_batch`);
+evaluation keeps every image or fails.
 """
 
 from __future__ import annotations
@@ -17,27 +19,26 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from cdt_tf import class_stats
 from cdt_tf.errors import DataError
 
 
 def select_subset(labels: np.ndarray, class_counts: Sequence[int], seed: int) -> np.ndarray:
     """Indices of a subset with class_counts[c] examples of class c, drawn without replacement.
 
-    Each class is sampled with its own generator seeded by (seed, c), so the
-    subset of one class does not depend on the others. Returns sorted int64 indices.
+    `class_stats.sample_per_class` with the training subset's stream: each class is sampled with
+    its own generator seeded by (seed, c), so the subset of one class does not depend on the
+    others. Returns sorted int64 indices.
     """
     labels = np.asarray(labels)
-    chosen = []
     for c, count in enumerate(class_counts):
-        members = np.flatnonzero(labels == c)
-        if count > len(members):
+        available = int((labels == c).sum())
+        if count > available:
             raise DataError(
-                f"class {c} has {len(members)} training images but the subset needs {count}; "
+                f"class {c} has {available} training images but the subset needs {count}; "
                 "lower --max_per_class"
             )
-        rng = np.random.default_rng([seed, c])
-        chosen.append(rng.choice(members, size=count, replace=False))
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
+    return class_stats.sample_per_class(labels, class_counts, seed)
 
 
 def subset_hash(ids: Sequence[str]) -> str:
@@ -281,7 +282,18 @@ def resize_center_crop(encoded, image_size: int = 224, resize_size: int = 0):
 
 
 def _decode_and_batch(examples, read, batch_size: int, seed: int, image_size: int, augmentation: str):
-    """(path or encoded image, label) -> decoded, augmented, batched and prefetched (uint8, int64)."""
+    """(path or encoded image, label) -> decoded, augmented, batched and prefetched (uint8, int64).
+
+    A backstop for training: an example whose read or decode fails is dropped
+    (`Dataset.ignore_errors`; tf.data logs each drop as a warning with the error, not the file)
+    instead of stopping `fit` with a traceback. `datasets.load_source` checks beforehand that every
+    file exists and starts like an image, so what is left is rare: a file that starts like an image
+    but is truncated or corrupt further in (or a file deleted while training). Dropping costs no
+    throughput (measured: the same images/s as without it); dropping decode errors only, in a
+    one-element dataset per image so that read errors still stop training, cost ~20 % of the
+    throughput, so it was not used. Evaluation pipelines drop nothing: their outputs are matched
+    to labels by position.
+    """
     if augmentation == "crop_flip":
         # One stateless seed per example from a seeded stream, as in build_train_dataset.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -294,6 +306,7 @@ def _decode_and_batch(examples, read, batch_size: int, seed: int, image_size: in
             lambda x, label: (resize_center_crop(read(x), image_size), label),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    dataset = dataset.ignore_errors(log_warning=True)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -320,7 +333,8 @@ def build_file_train_dataset(
     File names are shuffled (not decoded images: 437,513 paths take tens of MB, so the default
     buffer, all of them, is a full permutation each epoch); files are then read, decoded and
     augmented in parallel map calls, batched (the last partial batch dropped, as in
-    build_train_dataset) and prefetched. Deterministic for a seed.
+    build_train_dataset) and prefetched. Deterministic for a seed. A file that fails to decode is
+    dropped with a logged warning (`_decode_and_batch`).
 
     Args:
       paths: str [N], image files (JPEG, PNG, GIF, BMP).
@@ -357,7 +371,9 @@ def build_file_eval_dataset(
     """The evaluation pipeline of image files: `resize_center_crop`, in order, every example kept.
 
     Yields (uint8 [B, S, S, 3], int64 [B]); nothing is cached (the decoded iNat validation split
-    at 224 would take 3.7 GB).
+    at 224 would take 3.7 GB). A file that fails to decode stops the pass with tf.data's error
+    (outputs are matched to labels by position, so nothing may be dropped): `datasets.load_source`
+    checks every file's first bytes beforehand.
     """
     examples = tf.data.Dataset.from_tensor_slices((np.asarray(paths, str), np.asarray(labels, np.int64)))
     return build_record_eval_dataset(
@@ -377,7 +393,8 @@ def build_record_train_dataset(
     """`build_file_train_dataset` for streamed (encoded image, label) records, e.g. TFDS's.
 
     Records have no random access, so they are shuffled with a buffer of encoded images (TFDS
-    stores examples shuffled already) and there is no class-balanced sampler.
+    stores examples shuffled already) and there is no class-balanced sampler. A record that fails
+    to decode is dropped with a logged warning (`_decode_and_batch`).
     """
     _check_train_arguments(augmentation, "instance")
     examples = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

@@ -8,44 +8,27 @@ r"""Train an image classifier on class-imbalanced data, with or without CDT.
 from __future__ import annotations
 
 import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out of the way.
-
-from absl import app, flags  # noqa: E402
-
-from cdt_tf import config as config_lib  # noqa: E402
-from cdt_tf.errors import UserError  # noqa: E402
-
-config_lib.define_flags()
-flags.adopt_module_key_flags(config_lib)  # --helpshort lists them.
-FLAGS = flags.FLAGS
+from cdt_tf import cli, config
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = config_lib.Config.from_flags(FLAGS)
-        from cdt_tf import evaluate, train  # Imports TensorFlow: after the flags are known good.
+def command(flag_values) -> None:
+    """Trains and evaluates the run the flags describe, then prints its results."""
+    run_config = config.Config.from_flags(flag_values)
+    from cdt_tf import evaluate, post_hoc, train  # Import TensorFlow: after the flags are known good.
 
-        results = train.train_and_evaluate(config)
-    except UserError as error:
-        print(f"cdt_tf: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    results = train.train_and_evaluate(run_config)
     if results is None:  # --strategy=multi_worker on a worker other than the chief.
-        print(f"This worker is not the chief; the chief writes the results to {config.model_dir}.")
+        print(f"This worker is not the chief; the chief writes the results to {run_config.model_dir}.")
         return
     print(evaluate.format_table(results, results["class_names"], results["class_counts"]))
     if results.get("post_hoc"):
-        from cdt_tf import post_hoc
-
         print(post_hoc.format_section(results["post_hoc"]))
-    print(f"Results: {os.path.join(config.model_dir, 'results.json')}")
+    print(f"Results: {os.path.join(run_config.model_dir, 'results.json')}")
 
 
-def run():
-    app.run(main)
+def run() -> None:
+    cli.run(config.define_flags, command)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from cdt_tf import catalog
+
 # PyTorch's BatchNorm2d defaults, which the reference code (LDAM-DRW) trains with:
 # running averages updated with weight 0.1 and eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -29,7 +31,7 @@ def _he_normal():
     return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
 
 
-CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
+CIFAR_RESNET_DEPTHS = catalog.CIFAR_RESNET_DEPTHS
 
 
 @keras.saving.register_keras_serializable(package="cdt_tf")
@@ -37,7 +39,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """`keras.layers.BatchNormalization` that trains with TensorFlow's fused kernel.
 
     Keras 3 normalises with separate moment and normalisation ops; on CPUs the fused
-    TensorFlow kernel makes ResNet-32 training about 1.35x faster (BENCHMARKS.md).
+    TensorFlow kernel makes ResNet-32 training faster (BENCHMARKS.md, "Throughput").
     Same weights, same config and the same inference path as the Keras layer, so
     checkpoints are interchangeable; other backends fall back to the Keras code.
     The moving variance is updated with the unbiased batch variance, as PyTorch's
@@ -116,7 +118,7 @@ def _basic_block(x, filters: int, strides: int, name: str):
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-CLASSIFIERS = ("linear", "cosine")
+CLASSIFIERS = catalog.CLASSIFIERS
 
 
 @keras.saving.register_keras_serializable(package="cdt_tf")
@@ -204,7 +206,7 @@ def digits_convnet(
     return keras.Model(inputs, _classifier(features, num_classes, classifier), name="digits_convnet")
 
 
-MODEL_NAMES = tuple(f"resnet{d}" for d in CIFAR_RESNET_DEPTHS) + ("resnet18", "resnet50", "digits_convnet")
+MODEL_NAMES = catalog.MODEL_NAMES
 
 
 def build_model(
@@ -230,8 +232,7 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 # written with the conventions above (FusedBatchNormalization with PyTorch's momentum and eps,
 # He-normal fan-in init) and projection shortcuts (1x1 convolution + BN) where the shape changes.
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # The defaults of both: ImageNet's statistics (datasets.py).
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = catalog.IMAGENET_MEAN, catalog.IMAGENET_STD  # The defaults of both.
 WIDTHS = (64, 128, 256, 512)
 
 

@@ -16,7 +16,8 @@ balanced test split without retraining the network:
 
 tau is picked from TAU_GRID (0 to 2; steps of 0.01 up to 0.5, then 0.05) by top-1 on a
 selection split, recorded with every entry as `selected_on`: "holdout" (the run's
---holdout_per_class split, the paper's Table 9 protocol), "holdout of <run>" (--tau_from: taus
+--holdout_per_class split, the paper's Table 9 protocol), "validation" (the run's --val_per_class
+split), "holdout of <run>" (--tau_from: taus
 chosen on another run's held-out split), or "test" (the paper's Table 2 protocol: tuned and
 reported on the same test set; said so wherever shown). Ties go to the smallest tau.
 """
@@ -24,30 +25,19 @@ reported on the same test set; said so wherever shown). Ties go to the smallest 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cdt_tf import calibration, class_stats, evaluate
+from cdt_tf import calibration, class_stats, cli, diagnosis, evaluate, rundir
 from cdt_tf.errors import UserError
+from cdt_tf.features import Features
 
 # 0, 0.01, ..., 0.5, then 0.55, ..., 2: N_c^tau's optimum for an ERM network is often near 0.1-0.3,
 # where top-1 moves by points per 0.05 (log N_c spans about 8.5 on CIFAR-10-LT).
 TAU_GRID = tuple(sorted({round(0.01 * i, 2) for i in range(51)} | {round(0.05 * i, 2) for i in range(41)}))
 TAU_METHODS = ("nc_tau", "w_norm", "logit_adjustment")
 METHODS = TAU_METHODS + ("ncm",)
-
-
-def classifier_weights(model) -> tuple[str, np.ndarray, np.ndarray | None]:
-    """("linear" | "cosine", kernel [D, C], bias [C] or None) of a cdt_tf model's classifier."""
-    import keras
-
-    layer = model.get_layer("classifier")
-    kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
-    bias = getattr(layer, "bias", None)
-    kind = "linear" if isinstance(layer, keras.layers.Dense) else "cosine"
-    return kind, kernel, None if bias is None else keras.ops.convert_to_numpy(bias).astype(np.float64)
 
 
 def nc_tau(logits, features, kernel, class_counts, tau):
@@ -66,36 +56,16 @@ def logit_adjustment(logits, features, kernel, class_counts, tau):
 RULES: dict[str, Callable] = {"nc_tau": nc_tau, "w_norm": w_norm, "logit_adjustment": logit_adjustment}
 
 
-def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Means [C, D] of the l2-normalised features of each class."""
-    normalised = _l2_normalise(features)
-    sums = np.zeros((num_classes, normalised.shape[1]))
-    np.add.at(sums, np.asarray(labels, np.int64), normalised)
-    counts = np.bincount(labels, minlength=num_classes)[:, None]
-    return sums / np.maximum(counts, 1)
-
-
-def ncm_scores(features: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Negative Euclidean distances [N, C] from l2-normalised features to the class centres."""
-    normalised = _l2_normalise(features)
-    squared = (normalised**2).sum(1, keepdims=True) - 2 * normalised @ centres.T + (centres**2).sum(1)
-    return -np.sqrt(np.maximum(squared, 0.0))
-
-
-def _l2_normalise(features: np.ndarray) -> np.ndarray:
-    features = np.asarray(features, np.float64)
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-
-
 def _top1(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(scores).argmax(1) == labels).mean())
 
 
-def sweep(rule: Callable, split: dict, kernel, class_counts, taus: Sequence[float] = TAU_GRID) -> list[float]:
-    """Top-1 on `split` ({"logits", "features", "labels"}) of `rule` at each tau."""
+def sweep(
+    rule: Callable, split: Features, kernel, class_counts, taus: Sequence[float] = TAU_GRID
+) -> list[float]:
+    """Top-1 on `split` of `rule` at each tau."""
     return [
-        _top1(rule(split["logits"], split["features"], kernel, class_counts, tau), split["labels"])
-        for tau in taus
+        _top1(rule(split.logits, split.features, kernel, class_counts, tau), split.labels) for tau in taus
     ]
 
 
@@ -103,11 +73,12 @@ def evaluate_post_hoc(
     class_counts: Sequence[int],
     kernel: np.ndarray,
     classifier_kind: str,
-    train: dict,
-    test: dict,
-    holdout: dict | None = None,
+    train: Features,
+    test: Features,
+    holdout: Features | None = None,
     taus_from: dict | None = None,
     taus_from_name: str | None = None,
+    holdout_name: str = "holdout",
 ) -> dict:
     """The results.json `post_hoc` section.
 
@@ -115,11 +86,13 @@ def evaluate_post_hoc(
       class_counts: N_c of the training subset the network was trained on.
       kernel: the classifier's kernel [D, C].
       classifier_kind: "linear" or "cosine" (w_norm is skipped for cosine: its norms are all 1).
-      train: {"features", "labels"} of the training subset (for NCM's centres).
-      test: {"logits", "features", "labels"} of the test split.
-      holdout: like test, for the held-out split (selects tau), or None.
+      train: the training subset, unaugmented (its features give NCM's centres).
+      test: the test split.
+      holdout: the held-out split (selects tau), or None.
       taus_from: method -> tau chosen elsewhere (--tau_from); wins over holdout and test.
       taus_from_name: what to call where taus_from came from.
+      holdout_name: what to call the selection split in `selected_on` ("holdout", or "validation"
+        for the --val_per_class split).
 
     Returns:
       method -> {tau, selected_on, top1, top5, many_medium_few, per_class_accuracy, sweep}.
@@ -136,16 +109,16 @@ def evaluate_post_hoc(
                 continue
             tau, entry["selected_on"] = float(taus_from[method]), f"holdout of {taus_from_name}"
         else:
-            split_name, split = ("holdout", holdout) if holdout is not None else ("test", test)
+            split_name, split = (holdout_name, holdout) if holdout is not None else ("test", test)
             top1s = sweep(rule, split, kernel, class_counts)
             tau = TAU_GRID[int(np.argmax(top1s))]  # argmax: the first (smallest) tau of the best.
             entry["selected_on"] = split_name
             entry["sweep"] = {"split": split_name, "taus": list(TAU_GRID), "top1": top1s}
-        scores = rule(test["logits"], test["features"], kernel, class_counts, tau)
-        section[method] = {"tau": tau, **_summary(scores, test["labels"], class_counts), **entry}
-    centres = class_means(train["features"], train["labels"], len(class_counts))
-    scores = ncm_scores(test["features"], centres)
-    section["ncm"] = {"tau": None, "selected_on": None, **_summary(scores, test["labels"], class_counts)}
+        scores = rule(test.logits, test.features, kernel, class_counts, tau)
+        section[method] = {"tau": tau, **_summary(scores, test.labels, class_counts), **entry}
+    centres = diagnosis.class_means(diagnosis.l2_normalize(train.features), train.labels, len(class_counts))
+    scores = diagnosis.nearest_center_scores(test.features, centres)
+    section["ncm"] = {"tau": None, "selected_on": None, **_summary(scores, test.labels, class_counts)}
     return section
 
 
@@ -156,45 +129,51 @@ def _summary(scores, labels, class_counts) -> dict:
 
 
 def read_taus(run_dir: str) -> tuple[dict, str]:
-    """Held-out-selected taus of a finished --holdout_per_class run: ({method: tau}, its name)."""
-    from cdt_tf.analyze import read_json
-
-    path = os.path.join(run_dir, "results.json")
+    """Taus selected on held-out data by a finished --holdout_per_class or --val_per_class run:
+    ({method: tau}, its name)."""
+    path = os.path.join(run_dir, rundir.RESULTS)
     if not os.path.exists(path):
         raise UserError(f"--tau_from={run_dir} holds no results.json; finish that run first")
-    section = read_json(path).get("post_hoc") or {}
-    taus = {m: e["tau"] for m, e in section.items() if e.get("selected_on") == "holdout"}
+    section = rundir.read_json(path, "object").get("post_hoc") or {}
+    taus = {m: e["tau"] for m, e in section.items() if e.get("selected_on") in ("holdout", "validation")}
     if not taus:
         raise UserError(
-            f"--tau_from={run_dir} has no held-out-selected taus; train it with --holdout_per_class=K"
+            f"--tau_from={run_dir} has no held-out-selected taus; train it with --holdout_per_class=K "
+            "or --val_per_class=K"
         )
     return taus, os.path.basename(os.path.normpath(run_dir))
 
 
-def compute(model, class_counts, train_images, train_labels, test_images, test_labels, **kwargs) -> dict:
-    """Extracts features (one inference pass per split) and returns `evaluate_post_hoc`'s section.
+def compute(model, data, test: Features | None = None, **kwargs) -> dict:
+    """`evaluate_post_hoc` for a model and its `run_data.RunData`: one inference pass per split.
 
-    kwargs: holdout_images / holdout_labels (both or neither), taus_from, taus_from_name.
+    Args:
+      model: the trained network.
+      data: the run's data (training subset, held-out or validation split, test split); tau is
+        selected on the validation split when there is one, else on the held-out split, else on test.
+      test: the test split's features when already extracted (the end of training has them).
+      kwargs: taus_from, taus_from_name.
     """
-    from cdt_tf.analyze import extract
+    from cdt_tf import features  # Imports TensorFlow.
 
-    kind, kernel, _ = classifier_weights(model)
-    train_features, _ = extract(model, train_images, train_labels)
-    test_features, test_logits = extract(model, test_images, test_labels)
-    holdout = None
-    holdout_images = kwargs.pop("holdout_images", None)
-    holdout_labels = kwargs.pop("holdout_labels", None)
-    if holdout_images is not None and len(holdout_images):
-        features, logits = extract(model, holdout_images, holdout_labels)
-        holdout = {"features": features, "logits": logits, "labels": np.asarray(holdout_labels)}
+    probe = features.probe(model)
+    kind, kernel = features.classifier(model)
+
+    def extract(split: str) -> Features:
+        positions = data.eval_positions(split) if split == "train" else None  # --eval_per_class.
+        labels = data.labels(split) if positions is None else data.labels(split)[positions]
+        return features.extract(probe, data.eval_dataset(split, positions), labels)
+
+    selection = next((name for name in ("validation", "holdout") if data.size(name)), None)
     return evaluate_post_hoc(
-        class_counts,
+        data.class_counts,
         kernel,
         kind,
-        {"features": train_features, "labels": np.asarray(train_labels)},
-        {"features": test_features, "logits": test_logits, "labels": np.asarray(test_labels)},
-        holdout,
+        extract("train"),
+        test if test is not None else extract("test"),
+        extract(selection) if selection else None,
         **kwargs,
+        holdout_name=selection or "holdout",
     )
 
 
@@ -238,64 +217,59 @@ def format_section(section: dict) -> str:
 
 def update_run(model_dir: str, data_dir: str | None = None, tau_from: str | None = None) -> dict:
     """Recomputes a finished run's post_hoc section into its results.json (atomically); returns it."""
-    from cdt_tf import analyze, train
-
-    run = analyze.load_run(model_dir, data_dir)
+    run = rundir.load_finished(model_dir, data_dir)
     tau_from = tau_from or run.config.tau_from  # A --tau_from run keeps its held-out taus.
     taus_from, taus_from_name = read_taus(tau_from) if tau_from else (None, None)
-    section = compute(
-        run.model,
-        run.class_counts,
-        run.train_images,
-        run.train_labels,
-        run.test_images,
-        run.test_labels,
-        holdout_images=run.holdout_images,
-        holdout_labels=run.holdout_labels,
-        taus_from=taus_from,
-        taus_from_name=taus_from_name,
-    )
-    results_path = os.path.join(model_dir, "results.json")
-    results = analyze.read_json(results_path)
+    section = compute(run.model, run.data, taus_from=taus_from, taus_from_name=taus_from_name)
+    results_path = os.path.join(model_dir, rundir.RESULTS)
+    results = rundir.read_json(results_path, "object")
     # Keep entries this command does not compute (crt, from retrain_classifier).
     kept = {k: v for k, v in (results.get("post_hoc") or {}).items() if k not in METHODS}
     results["post_hoc"] = {**section, **kept}
-    train.write_json(results_path, results)
+    rundir.write_json(results_path, results)
     plot_sweeps(
-        section, os.path.join(model_dir, "post_hoc.png"), os.path.basename(os.path.normpath(model_dir))
+        section,
+        os.path.join(model_dir, rundir.POST_HOC_PLOT),
+        os.path.basename(os.path.normpath(model_dir)),
     )
     return section
 
 
-def main(argv):
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    values = flags.FLAGS
-    try:
-        section = update_run(values.model_dir, values.data_dir, values.tau_from)
-    except UserError as error:
-        print(f"cdt_tf.post_hoc: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(format_section(section))
-    print(f"Results: {os.path.join(values.model_dir, 'results.json')} (post_hoc); plot: post_hoc.png")
-
-
-def define_flags():
+def define_flags(flag_values) -> None:
+    """The flags of `python -m cdt_tf.post_hoc`."""
     from absl import flags
 
-    flags.DEFINE_string("model_dir", None, "A finished run directory (holds results.json and model.keras).")
-    flags.DEFINE_string("data_dir", None, "Read the data from here instead of the run's own --data_dir.")
     flags.DEFINE_string(
-        "tau_from", None, "A finished --holdout_per_class run: apply its held-out-selected taus here."
+        "model_dir",
+        None,
+        "A finished run directory (holds results.json and model.keras).",
+        flag_values=flag_values,
     )
-    flags.mark_flag_as_required("model_dir")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Read the data from here instead of the run's own --data_dir.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "tau_from",
+        None,
+        "A finished --holdout_per_class run: apply its held-out-selected taus here.",
+        flag_values=flag_values,
+    )
+    flags.mark_flag_as_required("model_dir", flag_values=flag_values)
+
+
+def command(flag_values) -> None:
+    """`python -m cdt_tf.post_hoc`: recompute a finished run's post_hoc section and print it."""
+    section = update_run(flag_values.model_dir, flag_values.data_dir, flag_values.tau_from)
+    print(format_section(section))
+    print(f"Results: {os.path.join(flag_values.model_dir, rundir.RESULTS)} (post_hoc); plot: post_hoc.png")
+
+
+def run() -> None:
+    cli.run(define_flags, command)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app
-
-    define_flags()
-    app.run(main)
+    run()

@@ -21,12 +21,14 @@ class-balanced sampling), the `post_hoc.crt` entry of results.json.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import sys
 
 import numpy as np
 
+from cdt_tf import catalog, class_stats, cli, evaluate, rundir
 from cdt_tf.errors import UserError
+from cdt_tf.features import extract, probe
 
 
 def train_linear_classifier(
@@ -92,37 +94,39 @@ def retrain(
     data_dir: str | None = None,
 ) -> dict:
     """Retrains the classifier of a finished run on frozen features; writes and returns the record."""
-    from cdt_tf import analyze, evaluate, train
-    from cdt_tf.analyze import extract
+    run = rundir.load_finished(model_dir, data_dir)
+    from cdt_tf import run_data  # Imports TensorFlow: after the directory is known good.
 
-    run = analyze.load_run(model_dir, data_dir)
     own = imbalance is None and imbalance_ratio is None and max_per_class is None
     config = run.config
-    if own:
-        images, labels, counts = run.train_images, run.train_labels, run.class_counts
-    else:
+    data = run.data
+    if not own:
         config = dataclasses.replace(
             config,
             imbalance=imbalance if imbalance is not None else config.imbalance,
             imbalance_ratio=imbalance_ratio if imbalance_ratio is not None else config.imbalance_ratio,
             max_per_class=max_per_class if max_per_class is not None else config.max_per_class,
             holdout_per_class=0,
+            val_per_class=0,
         ).validate()
-        source, indices, labels, counts, _ = train.load_data(config)
-        images = source.train.images(indices)
-    print(f"Retraining the classifier on {len(labels)} images, per class {list(counts)} ...", flush=True)
-    features, _ = extract(run.model, images, labels)
+        data = run_data.load(config)
+    counts = data.class_counts
+    print(
+        f"Retraining the classifier on {data.size('train')} images, per class {list(counts)} ...", flush=True
+    )
+    network = probe(run.model)
+    train = extract(network, data.eval_dataset("train"), data.labels("train"))
     kernel, bias = train_linear_classifier(
-        features,
-        labels,
+        train.features,
+        train.labels,
         len(run.class_names),
         sampler=sampler,
         epochs=epochs,
         weight_decay=config.weight_decay,
         seed=config.seed,
     )
-    test_features, _ = extract(run.model, run.test_images, run.test_labels)
-    summary = evaluate.summarize(test_features @ kernel + bias, run.test_labels, run.class_counts)
+    test = extract(network, run.data.eval_dataset("test"), run.data.labels("test"))
+    summary = evaluate.summarize(test.features @ kernel + bias, test.labels, run.class_counts)
     if own:
         tag = "own"
     elif config.imbalance == "none":
@@ -145,62 +149,50 @@ def retrain(
         "many_medium_few": summary["many_medium_few"],
         "per_class_accuracy": summary["per_class_accuracy"],
     }
-    train.write_json(os.path.join(model_dir, f"retrained_{tag}_{sampler}.json"), record)
+    rundir.write_json(os.path.join(model_dir, f"retrained_{tag}_{sampler}.json"), record)
     if own and sampler == "class_balanced":
-        results_path = os.path.join(model_dir, "results.json")
-        results = analyze.read_json(results_path)
+        results_path = os.path.join(model_dir, rundir.RESULTS)
+        results = rundir.read_json(results_path, "object")
         results.setdefault("post_hoc", {})["crt"] = {"tau": None, "selected_on": None, **record}
-        train.write_json(results_path, results)
+        rundir.write_json(results_path, results)
     return record
 
 
-def main(argv):
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    f = flags.FLAGS
-    try:
-        record = retrain(
-            f.model_dir,
-            f.imbalance,
-            f.imbalance_ratio,
-            f.max_per_class,
-            f.sampler,
-            f.epochs,
-            f.data_dir,
-        )
-    except UserError as error:
-        print(f"cdt_tf.retrain_classifier: error: {error}", file=sys.stderr)
-        sys.exit(2)
+def command(flag_values) -> None:
+    """`python -m cdt_tf.retrain_classifier`: retrain, write the record, print its top-1."""
+    f = flag_values
+    record = retrain(
+        f.model_dir, f.imbalance, f.imbalance_ratio, f.max_per_class, f.sampler, f.epochs, f.data_dir
+    )
     groups = ", ".join(
         f"{k} {'—' if v is None else f'{100 * v:.2f}%'}" for k, v in record["many_medium_few"].items()
     )
     print(f"Retrained classifier: top-1 {100 * record['top1']:.2f}% | {groups}")
 
 
-def define_flags():
+def define_flags(flag_values) -> None:
+    """The flags of `python -m cdt_tf.retrain_classifier`."""
     from absl import flags
 
-    from cdt_tf import class_stats
-
-    flags.DEFINE_string("model_dir", None, "A finished run directory: its network gives the features.")
-    flags.DEFINE_string("data_dir", None, "Read the data from here instead of the run's own --data_dir.")
-    flags.DEFINE_enum(
+    define = {
+        kind: functools.partial(getattr(flags, f"DEFINE_{kind}"), flag_values=flag_values)
+        for kind in ("string", "enum", "float", "integer")
+    }
+    define["string"]("model_dir", None, "A finished run directory: its network gives the features.")
+    define["string"]("data_dir", None, "Read the data from here instead of the run's own --data_dir.")
+    define["enum"](
         "imbalance", None, class_stats.PROFILES, "Classifier data: profile (default: the run's own subset)."
     )
-    flags.DEFINE_float("imbalance_ratio", None, "Classifier data: rho (default: the run's).")
-    flags.DEFINE_integer("max_per_class", None, "Classifier data: N_max (default: the run's).")
-    flags.DEFINE_enum(
-        "sampler", "class_balanced", ("class_balanced", "instance"), "Batches for the new classifier."
-    )
-    flags.DEFINE_integer("epochs", 30, "Epochs over the classifier data.")
-    flags.mark_flag_as_required("model_dir")
+    define["float"]("imbalance_ratio", None, "Classifier data: rho (default: the run's).")
+    define["integer"]("max_per_class", None, "Classifier data: N_max (default: the run's).")
+    define["enum"]("sampler", "class_balanced", catalog.SAMPLERS[::-1], "Batches for the new classifier.")
+    define["integer"]("epochs", 30, "Epochs over the classifier data.")
+    flags.mark_flag_as_required("model_dir", flag_values=flag_values)
+
+
+def run() -> None:
+    cli.run(define_flags, command)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app
-
-    define_flags()
-    app.run(main)
+    run()

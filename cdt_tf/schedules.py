@@ -1,8 +1,9 @@
-"""The paper's learning-rate schedule: linear warm-up, then step decays at given epochs."""
+"""Learning-rate schedules (warm-up + step decays, the paper's; warm-up + cosine), gamma and DRW schedules."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import keras
@@ -72,6 +73,62 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_epochs": self.warmup_epochs,
             "decay_epochs": self.decay_epochs,
             "decay_multipliers": self.decay_multipliers,
+        }
+
+
+@keras.saving.register_keras_serializable(package="cdt_tf")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Per-step linear warm-up, then cosine decay to 0 at the end of training (--lr_schedule=cosine).
+
+    Computed per optimizer step (not per epoch, unlike `WarmupStepDecay`), so the rate moves
+    smoothly within an epoch. With W = warmup_epochs * steps_per_epoch warm-up steps and
+    T = epochs * steps_per_epoch steps in all, for 0-based step t:
+      lr = base * (t + 1) / W                                     while t < W,
+      lr = base * (1 + cos(pi * min(t - W, T - W) / (T - W))) / 2   from t = W on,
+    so the rate reaches base at the last warm-up step, base again at step W, and 0 at step T
+    (the step after the last one trained; steps beyond T stay at 0).
+
+    Args:
+      base_learning_rate: the peak learning rate.
+      steps_per_epoch: optimizer steps in one epoch.
+      warmup_epochs: epochs of linear warm-up (0 for none), < epochs.
+      epochs: epochs of training; the cosine reaches 0 at their end.
+
+    Example:
+      schedule = WarmupCosineDecay(0.1, steps_per_epoch=97, warmup_epochs=5, epochs=200)
+      optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+    """
+
+    def __init__(
+        self, base_learning_rate: float, steps_per_epoch: int, warmup_epochs: int = 0, epochs: int = 1
+    ):
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        if not 0 <= warmup_epochs < epochs:
+            raise ValueError(
+                f"need 0 <= warmup_epochs < epochs, got warmup_epochs={warmup_epochs}, epochs={epochs}"
+            )
+        self.base_learning_rate = float(base_learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.warmup_epochs = int(warmup_epochs)
+        self.epochs = int(epochs)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup_steps = float(self.warmup_epochs * self.steps_per_epoch)
+        decay_steps = float(self.epochs * self.steps_per_epoch) - warmup_steps
+        progress = ops.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        rate = 0.5 * self.base_learning_rate * (1.0 + ops.cos(math.pi * progress))
+        if self.warmup_epochs > 0:
+            rate = ops.where(step < warmup_steps, self.base_learning_rate * (step + 1.0) / warmup_steps, rate)
+        return rate
+
+    def get_config(self):
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "steps_per_epoch": self.steps_per_epoch,
+            "warmup_epochs": self.warmup_epochs,
+            "epochs": self.epochs,
         }
 
 

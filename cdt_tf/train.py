@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import re
 import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from cdt_tf import (
     class_stats,
-    datasets,
     distribution,
     evaluate,
-    input_pipeline,
     losses,
     models,
     multi_worker,
     post_hoc,
+    run_data,
+    rundir,
     schedules,
 )
 from cdt_tf.callbacks import (
@@ -35,102 +35,10 @@ from cdt_tf.callbacks import (
     VariableSchedule,
 )
 from cdt_tf.config import Config
-from cdt_tf.errors import TrainingError, UserError
+from cdt_tf.errors import TrainingError
+from cdt_tf.features import Features
 from cdt_tf.optimizers import CoupledDecaySGD
 from cdt_tf.schedules import WarmupStepDecay
-
-EVAL_BATCH_SIZE = 500
-
-
-def prepare_model_dir(config: Config) -> dict | None:
-    """Creates model_dir and writes config.json; refuses a directory holding another run.
-
-    Returns the stored results when this exact run already finished, else None.
-    """
-    os.makedirs(config.model_dir, exist_ok=True)
-    config_path = os.path.join(config.model_dir, "config.json")
-    if os.path.exists(config_path):
-        try:
-            with open(config_path) as f:
-                stored = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
-            raise UserError(f"{config_path} is unreadable ({error}); use a new --model_dir") from error
-        differences = config.differences(stored)
-        if differences:
-            shown = ", ".join(
-                f"{k}: {stored.get(k)!r} -> {config.to_dict().get(k)!r}" for k in differences[:4]
-            )
-            raise UserError(
-                f"--model_dir {config.model_dir} holds a run with another config ({shown}); "
-                "use a new --model_dir, or the same flags to resume it"
-            )
-        results_path = os.path.join(config.model_dir, "results.json")
-        if os.path.exists(results_path):
-            with open(results_path) as f:
-                return json.load(f)
-    write_json(config_path, config.to_dict())
-    return None
-
-
-def write_json(path: str, value) -> None:
-    """Writes JSON atomically: a killed process never leaves a half-written file."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-    os.replace(temporary, path)
-
-
-def split_holdout(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (into labels) of the kept and held-out examples: per_class of each class held out.
-
-    Seeded per class, like `select_subset`. Raises UserError when a class would keep no image.
-    """
-    labels = np.asarray(labels)
-    held = []
-    for c in range(int(labels.max()) + 1):
-        members = np.flatnonzero(labels == c)
-        if len(members) <= per_class:
-            raise UserError(
-                f"--holdout_per_class={per_class} leaves class {c} ({len(members)} images) nothing to "
-                "train on; lower --holdout_per_class"
-            )
-        held.append(np.random.default_rng([seed, c, 1]).choice(members, size=per_class, replace=False))
-    held = np.sort(np.concatenate(held))
-    return np.setdiff1d(np.arange(len(labels)), held), held
-
-
-def load_data(config: Config):
-    """The source, the training subset (indices, labels, counts) and the held-out indices.
-
-    With --holdout_per_class=K, K images per class of the imbalanced subset are held out
-    (the returned counts are of what is left); otherwise the held-out indices are empty.
-    """
-    source = datasets.load_source(config.dataset, config.data_dir, config.image_size)
-    pool_counts = np.bincount(source.train.labels, minlength=source.num_classes)
-    if (pool_counts == 0).any():
-        empty = [source.class_names[c] for c in np.flatnonzero(pool_counts == 0)]
-        raise UserError(f"classes {empty} have no training images; add images or remove those classes")
-    if config.dataset in datasets.AS_IS_DATASETS and config.imbalance == "none":
-        indices = np.arange(len(source.train.labels))
-    else:
-        max_per_class = config.max_per_class or int(pool_counts.min())
-        counts = class_stats.imbalanced_counts(
-            source.num_classes, max_per_class, config.imbalance_ratio, config.imbalance
-        )
-        if min(counts) < 1:
-            raise UserError(
-                f"--imbalance_ratio={config.imbalance_ratio} leaves a class with no image "
-                f"(N_max={max_per_class}); lower the ratio or raise --max_per_class"
-            )
-        indices = input_pipeline.select_subset(source.train.labels, counts, config.seed)
-    holdout = np.zeros(0, np.int64)
-    if config.holdout_per_class:
-        kept, held = split_holdout(source.train.labels[indices], config.holdout_per_class, config.seed)
-        indices, holdout = indices[kept], indices[held]
-    labels = source.train.labels[indices]
-    class_counts = np.bincount(labels, minlength=source.num_classes).tolist()
-    return source, indices, labels, class_counts, holdout
 
 
 def build_loss(config: Config, class_counts) -> keras.losses.Loss:
@@ -138,24 +46,32 @@ def build_loss(config: Config, class_counts) -> keras.losses.Loss:
     common = {"weight_reduction": config.class_weight_reduction}
     if config.drw_epoch:
         common["class_weights"] = [1.0] * len(class_counts)
-    if config.loss == "ce":
-        if not config.drw_epoch:
-            return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        return losses.WeightedCrossEntropy(class_counts, **common)
-    if config.loss == "cdt":
-        return losses.CDTLoss(class_counts, _initial_gamma(config), **common)
-    if config.loss == "reweight":
-        return losses.ReweightedCrossEntropy(class_counts, _initial_gamma(config), **common)
-    if config.loss == "focal":
-        return losses.FocalLoss(class_counts, config.focal_gamma, **common)
-    if config.loss == "cb":
-        focal_gamma = config.focal_gamma if config.cb_loss == "focal" else 0.0
-        return losses.ClassBalancedLoss(class_counts, config.cb_beta, focal_gamma, **common)
-    if config.loss == "ldam":
-        return losses.LDAMLoss(class_counts, config.ldam_max_margin, config.ldam_scale, **common)
-    if config.loss == "la":
-        return losses.LogitAdjustedLoss(class_counts, config.la_tau, **common)
-    raise UserError(f"unknown loss {config.loss!r}")
+    return LOSS_BUILDERS[config.loss](config, class_counts, common)
+
+
+def _cross_entropy(config: Config, class_counts, common: dict) -> keras.losses.Loss:
+    # Keras' sparse CE takes no soft labels: with MixUp/CutMix, the equal WeightedCrossEntropy (weights 1).
+    if not config.drw_epoch and not config.mixes_batches:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return losses.WeightedCrossEntropy(class_counts, **common)
+
+
+# --loss name -> (config, N_c, the class-weight arguments every class-weighted loss takes) -> loss.
+LOSS_BUILDERS = {
+    "ce": _cross_entropy,
+    "cdt": lambda config, counts, common: losses.CDTLoss(counts, _initial_gamma(config), **common),
+    "reweight": lambda config, counts, common: losses.ReweightedCrossEntropy(
+        counts, _initial_gamma(config), **common
+    ),
+    "focal": lambda config, counts, common: losses.FocalLoss(counts, config.focal_gamma, **common),
+    "cb": lambda config, counts, common: losses.ClassBalancedLoss(
+        counts, config.cb_beta, config.focal_gamma if config.cb_loss == "focal" else 0.0, **common
+    ),
+    "ldam": lambda config, counts, common: losses.LDAMLoss(
+        counts, config.ldam_max_margin, config.ldam_scale, **common
+    ),
+    "la": lambda config, counts, common: losses.LogitAdjustedLoss(counts, config.la_tau, **common),
+}
 
 
 def _initial_gamma(config: Config) -> float:
@@ -190,6 +106,10 @@ def loss_schedules(config: Config, loss, class_counts) -> list[keras.callbacks.C
 def train_and_evaluate(config: Config) -> dict | None:
     """Trains, evaluates on the balanced test split, writes model_dir; returns results.json's dict.
 
+    Re-running the same command resumes a killed run from its last finished epoch, evaluates a run
+    whose training finished but whose evaluation did not (model.keras without results.json), and
+    returns a finished run's results without computing anything.
+
     Under --strategy=multi_worker every worker calls this: the chief writes model_dir and returns the
     results, the other workers train with it and return None (cdt_tf/multi_worker.py).
     """
@@ -199,12 +119,22 @@ def train_and_evaluate(config: Config) -> dict | None:
     return _train_and_evaluate(config, strategy)
 
 
+def resolve_precision(config: Config, stored: dict) -> str:
+    """The run's precision: the one config.json recorded when it started, else resolved now and recorded."""
+    precision = stored.get("resolved_precision")
+    if precision is None:
+        precision = distribution.machine_precision("mixed" if config.mixed_precision else config.precision)
+        rundir.record(config.model_dir, resolved_precision=precision)
+    return precision
+
+
 def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dict | None:
-    precision = distribution.set_precision(config.mixed_precision)
-    finished = prepare_model_dir(config)
+    stored = rundir.prepare(config)
+    finished = rundir.finished_results(config.model_dir)
     if finished is not None:
         logging.info("%s already holds a finished run with this config.", config.model_dir)
         return finished
+    precision = distribution.set_precision(resolve_precision(config, stored))
     print(
         f"Strategy: {distribution.strategy_name(strategy)} with {strategy.num_replicas_in_sync} replica(s); "
         f"precision {precision}",
@@ -216,77 +146,223 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    source, indices, train_labels, class_counts, holdout = load_data(config)
-    if isinstance(source, datasets.FileSource):  # inat2018: decoded from files every epoch (see below).
-        train_images = test_images = None
-        train_data, test_data, digest = build_file_datasets(config, source, indices, class_counts, holdout)
-        test_labels, mean, std = source.test.labels, source.mean, source.std
-        input_shape = (source.image_size, source.image_size, 3)
-    else:
-        ids = source.train.ids[indices]
-        digest = input_pipeline.subset_hash(ids)
-        subset_record = {"hash": digest, "class_counts": class_counts, "ids": ids.tolist()}
-        if len(holdout):
-            subset_record["holdout_ids"] = source.train.ids[holdout].tolist()
-        write_json(os.path.join(config.model_dir, "subset.json"), subset_record)
-        print(f"Training subset: {len(indices)} images, per class {class_counts}", flush=True)
-        train_images = source.train.images(indices)
-        test_images, test_labels = source.test.images(), source.test.labels
-        if source.mean is not None:
-            mean, std = source.mean, source.std
-        else:
-            mean, std = input_pipeline.channel_stats(train_images)
-
-        train_data = input_pipeline.build_train_dataset(
-            train_images,
-            train_labels,
-            config.batch_size,
-            config.augmentation_name,
-            config.seed,
-            repeat=config.steps_per_epoch > 0,
-            sampler=config.sampler,
+    data = run_data.load(config)
+    write_data_records(config, data)
+    if config.eval_per_class:
+        print(
+            f"Evaluating on {data.size('test')} test images ({config.eval_per_class} per class, "
+            "--eval_per_class): a smoke run, not comparable with full-test results",
+            flush=True,
         )
-        test_data = input_pipeline.build_eval_dataset(test_images, test_labels, EVAL_BATCH_SIZE)
-        input_shape = train_images.shape[1:]
-    steps_per_epoch = config.steps_per_epoch or len(indices) // config.batch_size
+    test_data = data.eval_dataset("test")
+    start = time.time()
+    if rundir.trained(config.model_dir):  # Killed after training, before results.json: evaluate again.
+        print("Training finished earlier (model.keras); evaluating it.", flush=True)
+        model, final_test = rundir.load_model(os.path.join(config.model_dir, rundir.MODEL)), None
+    else:
+        with _data_errors_as_user_errors(config, "training"):
+            model, final_test = fit(config, strategy, data, test_data)
+        if model is None:  # A multi_worker worker other than the chief: the chief evaluates and writes.
+            return None
+        model.save(os.path.join(config.model_dir, rundir.MODEL))
+    train_seconds = time.time() - start
+
+    with _data_errors_as_user_errors(config, "evaluating the trained model"):
+        results = _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name)
+    results["train_seconds"] = round(train_seconds, 1)
+    results["precision"] = precision
+    rundir.write_json(os.path.join(config.model_dir, rundir.RESULTS), results)
+    post_hoc.plot_sweeps(
+        results["post_hoc"],
+        os.path.join(config.model_dir, rundir.POST_HOC_PLOT),
+        os.path.basename(os.path.normpath(config.model_dir)),
+    )
+    return results
+
+
+# What TensorFlow says when an image file is missing or cannot be decoded.
+UNREADABLE_DATA = re.compile(
+    r"No such file|not found|Unknown image file format|Invalid JPEG|Invalid PNG|Corrupt JPEG|"
+    r"decode|Premature end|truncated|DataLoss",
+    re.IGNORECASE,
+)
+
+
+@contextlib.contextmanager
+def _data_errors_as_user_errors(config: Config, stage: str):
+    """An image that cannot be read or decoded mid-run becomes one line naming what is kept."""
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
+        if not UNREADABLE_DATA.search(str(error)):
+            raise  # Not the data: a bug, shown whole.
+        first_line = next((line for line in str(error).splitlines() if UNREADABLE_DATA.search(line)), "")
+        raise TrainingError(
+            f"{stage} stopped on unreadable data ({type(error).__name__}: {first_line}); the finished "
+            f"epochs are kept in {config.model_dir} (backup/, model.keras once training ended): fix or "
+            "remove the file and run the same command again to continue"
+        ) from error
+
+
+def _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name) -> dict:
+    """results.json's content but the timing and precision: the test summary and post-hoc."""
+    if final_test is None:  # One pass over the test split gives both the logits and post-hoc features.
+        from cdt_tf import features
+
+        final_test = features.extract(model, data.eval_dataset("test"), data.labels("test"))
+    results = {
+        **evaluate.summarize(final_test.logits, final_test.labels, data.class_counts),
+        "class_counts": data.class_counts,
+        "class_names": data.class_names,
+        "subset_hash": rundir.read_json(os.path.join(config.model_dir, rundir.SUBSET), "object")["hash"],
+        "num_train_images": data.size("train"),
+        "num_test_images": data.size("test"),
+        "eval_per_class": config.eval_per_class,  # 0: the whole test split; else a smoke evaluation.
+        # --bad_images=skip: the files left out of each split (ids), with their count.
+        "skipped_images": {
+            split: {"count": len(ids), "ids": list(ids)}
+            for split, ids in getattr(data.source, "skipped_images", {}).items()
+        },
+        "epochs": config.epochs,
+        "strategy": distribution.strategy_name(strategy),
+        "replicas": int(strategy.num_replicas_in_sync),
+        "workers": distribution.num_workers(strategy),
+        "config": config.to_dict(),
+    }
+    if data.size("validation"):
+        results["validation"] = evaluate_validation(model, data)
+    print("Post-hoc calibration (one pass over the training and held-out features) ...", flush=True)
+    results["post_hoc"] = post_hoc.compute(
+        model, data, final_test, taus_from=taus_from, taus_from_name=taus_from_name
+    )
+    return results
+
+
+def evaluate_validation(model, data: run_data.RunData) -> dict:
+    """results.json's "validation": top-1/5, per class and many/medium/few on the --val_per_class split."""
+    from cdt_tf import features
+
+    validation = features.extract(model, data.eval_dataset("validation"), data.labels("validation"))
+    summary = evaluate.summarize(validation.logits, validation.labels, data.class_counts)
+    print(f"Validation top-1 ({data.size('validation')} images): {100 * summary['top1']:.2f}%", flush=True)
+    return {**summary, "num_images": data.size("validation"), "from": data.validation_from}
+
+
+def write_data_records(config: Config, data: run_data.RunData) -> None:
+    """subset.json (and classes.json for sources read from files), and a line about the subset."""
+    rundir.write_json(os.path.join(config.model_dir, rundir.SUBSET), data.subset_record())
+    counts = data.class_counts
+    if data.in_memory:
+        shown = counts if len(counts) <= 20 else f"{max(counts)} to {min(counts)} ({len(counts)} classes)"
+        print(f"Training subset: {data.size('train')} images, per class {shown}", flush=True)
+        return
+    source = data.source
+    classes = {"dataset": source.name, "origin": source.origin, "classes": source.classes()}
+    rundir.write_json(os.path.join(config.model_dir, rundir.CLASSES), classes)
+    print(
+        f"Training subset: {data.size('train')} images of {data.num_classes} classes "
+        f"({max(counts)} to {min(counts)} per class), read from {source.origin}",
+        flush=True,
+    )
+
+
+def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
+    """(model builder, compiled model, loss): call inside the strategy's scope."""
+    mean, std = data.normalization()
+    input_shape = data.input_shape()
 
     def build_model() -> keras.Model:
         return models.build_model(
-            config.model_name, source.num_classes, input_shape, mean, std, config.classifier_name
+            config.resolved_model, data.num_classes, input_shape, mean, std, config.resolved_classifier
         )
 
-    with strategy.scope():
-        model = build_model()
-        loss = build_loss(config, class_counts)
-        schedule = WarmupStepDecay(
-            config.learning_rate,
-            steps_per_epoch,
-            config.warmup_epochs,
-            config.decay_epochs,
-            config.decay_multipliers,
+    model = build_model()
+    loss = build_loss(config, data.class_counts)
+    optimizer = CoupledDecaySGD(
+        coupled_weight_decay=config.weight_decay,
+        learning_rate=learning_rate_schedule(config, steps_per_epoch),
+        momentum=config.momentum,
+    )
+    metrics = training_metrics(data.num_classes, config.mixes_batches)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
+    return build_model, model, loss
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int):
+    """The --lr_schedule: WarmupStepDecay (step, per epoch) or WarmupCosineDecay (cosine, per step)."""
+    if config.lr_schedule == "cosine":
+        return schedules.WarmupCosineDecay(
+            config.learning_rate, steps_per_epoch, config.warmup_epochs, config.epochs
         )
-        optimizer = CoupledDecaySGD(
-            coupled_weight_decay=config.weight_decay, learning_rate=schedule, momentum=config.momentum
-        )
+    return WarmupStepDecay(
+        config.learning_rate,
+        steps_per_epoch,
+        config.warmup_epochs,
+        config.decay_epochs,
+        config.decay_multipliers,
+    )
+
+
+def training_metrics(num_classes: int, soft_labels: bool) -> list[keras.metrics.Metric]:
+    """Training accuracy (and top-5 with more than 5 classes) for sparse labels, or for soft labels.
+
+    Soft (MixUp/CutMix) labels count the argmax of the label vector, the larger share of a mixed
+    pair, as the class: `CategoricalAccuracy`/`TopKCategoricalAccuracy` take that argmax.
+    """
+    if soft_labels:
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        top5 = keras.metrics.TopKCategoricalAccuracy(5, name="top5")
+    else:
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        if source.num_classes > 5:
-            metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"))
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
+        top5 = keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")
+    return metrics + ([top5] if num_classes > 5 else [])
 
-    log_dir = os.path.join(config.model_dir, "logs")
-    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+
+def build_callbacks(
+    config: Config, data: run_data.RunData, test_data, loss, steps_per_epoch: int
+) -> tuple[list[keras.callbacks.Callback], StopOnNaN, PerClassEvaluation]:
+    """The run's callbacks in the order they must run, the NaN guard and the per-class evaluation."""
+    log_dir = os.path.join(config.model_dir, rundir.LOGS)
+    checkpoint_dir = os.path.join(config.model_dir, rundir.CHECKPOINTS)
     os.makedirs(checkpoint_dir, exist_ok=True)
     stop_on_nan = StopOnNaN()
-    per_class_evaluation = PerClassEvaluation(
-        test_data, test_labels, class_counts, source.class_names, log_dir, config.eval_every, config.epochs
+    evaluation = PerClassEvaluation(
+        test_data,
+        data.labels("test"),
+        data.class_counts,
+        data.class_names,
+        log_dir,
+        config.eval_every,
+        config.epochs,
     )
     callbacks = [
-        *loss_schedules(config, loss, class_counts),  # First: later callbacks log the values they set.
+        *loss_schedules(config, loss, data.class_counts),  # First: later callbacks log the values they set.
         stop_on_nan,
-        GuardedBackupAndRestore(os.path.join(config.model_dir, "backup"), stop_on_nan),
+        GuardedBackupAndRestore(os.path.join(config.model_dir, rundir.BACKUP), stop_on_nan),
         ScheduleLogger(getattr(loss, "gamma", None)),
-        per_class_evaluation,
-        MetricsJsonl(os.path.join(config.model_dir, "metrics.jsonl")),
+        evaluation,
+    ]
+    if config.stats_every > 0:
+        # A fixed, unaugmented sample of the training subset (up to STATS_PER_CLASS a class).
+        labels = data.labels("train")
+        sample = class_stats.sample_per_class(
+            labels, class_stats.capped_counts(labels, STATS_PER_CLASS, data.num_classes), config.seed
+        )
+        callbacks.append(
+            TrainingStatistics(
+                data.eval_dataset("train", sample),
+                labels[sample],
+                test_data,
+                data.labels("test"),
+                data.class_names,
+                log_dir,
+                config.stats_every,
+                config.epochs,
+                evaluation=evaluation,
+            )
+        )
+    callbacks += [
+        MetricsJsonl(os.path.join(config.model_dir, rundir.METRICS)),
         GuardedModelCheckpoint(
             os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"),
             stop_on_nan,
@@ -295,21 +371,23 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
         ),
         keras.callbacks.TensorBoard(log_dir, profile_batch=config.profile_steps or 0),
     ]
-    if config.stats_every > 0 and train_images is not None:  # In-memory sources only.
-        callbacks.append(
-            TrainingStatistics(
-                train_images,
-                train_labels,
-                test_images,
-                test_labels,
-                source.class_names,
-                log_dir,
-                config.stats_every,
-                config.epochs,
-                seed=config.seed,
-            )
-        )
-    start = time.time()
+    return callbacks, stop_on_nan, evaluation
+
+
+# Training images per class in the --stats_every sample (Fig. 7's training accuracy and feature means).
+STATS_PER_CLASS = 100
+
+
+def fit(
+    config: Config, strategy, data: run_data.RunData, test_data
+) -> tuple[keras.Model | None, Features | None]:
+    """Builds, compiles and trains the model; returns it (None on a multi_worker non-chief) and the
+    final epoch's test pass when the per-class evaluation made one (else None)."""
+    train_data = data.train_dataset(config)
+    steps_per_epoch = config.steps_per_epoch or data.size("train") // config.batch_size
+    with strategy.scope():
+        build_model, model, loss = compile_model(config, data, steps_per_epoch)
+    callbacks, stop_on_nan, evaluation = build_callbacks(config, data, test_data, loss, steps_per_epoch)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # A custom loop: fit fails there.
         # On the chief, the trained model copied outside the strategy (predict works there); else None.
         model = multi_worker.fit(strategy, model, build_model, train_data, config, steps_per_epoch, callbacks)
@@ -328,151 +406,9 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
     if stop_on_nan.nan_epoch is not None:
         raise TrainingError(
             f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; the last good epoch "
-            f"({stop_on_nan.nan_epoch - 1}) is kept in {os.path.join(config.model_dir, 'backup')} and "
-            f"earlier checkpoints in {checkpoint_dir}; lower --learning_rate or check the data"
+            f"({stop_on_nan.nan_epoch - 1}) is kept in {os.path.join(config.model_dir, rundir.BACKUP)} and "
+            f"earlier checkpoints in {os.path.join(config.model_dir, rundir.CHECKPOINTS)}; lower "
+            "--learning_rate or check the data"
         )
-    train_seconds = time.time() - start
-    if model is None:  # A multi_worker worker other than the chief: the chief evaluates and writes.
-        return None
-    model.save(os.path.join(config.model_dir, "model.keras"))
-
-    if per_class_evaluation.latest and per_class_evaluation.latest[0] == config.epochs - 1:
-        logits = per_class_evaluation.latest[1]  # The callback evaluated these final weights.
-    else:
-        logits = model.predict(test_data, verbose=0)
-    summary = evaluate.summarize(logits, test_labels, class_counts)
-    results = {
-        **summary,
-        "class_counts": class_counts,
-        "class_names": source.class_names,
-        "subset_hash": digest,
-        "num_train_images": int(len(indices)),
-        "num_test_images": int(len(test_labels)),
-        "epochs": config.epochs,
-        "train_seconds": round(train_seconds, 1),
-        "strategy": distribution.strategy_name(strategy),
-        "replicas": int(strategy.num_replicas_in_sync),
-        "workers": distribution.num_workers(strategy),
-        "precision": precision,
-        "config": config.to_dict(),
-    }
-    print("Post-hoc calibration (one pass over the training, held-out and test features) ...", flush=True)
-    if isinstance(source, datasets.FileSource):
-        results["post_hoc"] = file_post_hoc(
-            model, config, source, indices, holdout, class_counts, taus_from, taus_from_name
-        )
-    else:
-        results["post_hoc"] = post_hoc.compute(
-            model,
-            class_counts,
-            train_images,
-            train_labels,
-            test_images,
-            test_labels,
-            holdout_images=source.train.images(holdout) if len(holdout) else None,
-            holdout_labels=source.train.labels[holdout] if len(holdout) else None,
-            taus_from=taus_from,
-            taus_from_name=taus_from_name,
-        )
-    write_json(os.path.join(config.model_dir, "results.json"), results)
-    post_hoc.plot_sweeps(
-        results["post_hoc"],
-        os.path.join(config.model_dir, "post_hoc.png"),
-        os.path.basename(config.model_dir),
-    )
-    return results
-
-
-# ----------------------------------------------------------------------------- sources read from files
-# inat2018 (437,513 images) is never decoded into memory: tf.data reads, decodes and augments its
-# images every epoch. What differs from the in-memory path: subset.json records the subset's hash
-# and counts but not its ids; <model_dir>/classes.json maps class indices to the dataset's category
-# ids; mean/std are the source's (ImageNet's); --stats_every (which needs the images in memory) is
-# skipped; the test split is evaluated in batches of --batch_size; post-hoc features come from the
-# evaluation pipeline (resize + centre crop).
-
-
-def build_file_datasets(
-    config: Config, source: datasets.FileSource, indices: np.ndarray, class_counts, holdout: np.ndarray
-) -> tuple[tf.data.Dataset, tf.data.Dataset, str]:
-    """Writes classes.json and subset.json; returns (training data, test data, the subset's hash)."""
-    classes = {"dataset": source.name, "origin": source.origin, "classes": source.classes()}
-    write_json(os.path.join(config.model_dir, "classes.json"), classes)
-    digest = input_pipeline.subset_hash(source.train.ids[indices])
-    subset_record = {"hash": digest, "class_counts": class_counts, "num_images": int(len(indices))}
-    if len(holdout):
-        subset_record["holdout_hash"] = input_pipeline.subset_hash(source.train.ids[holdout])
-    write_json(os.path.join(config.model_dir, "subset.json"), subset_record)
-    print(
-        f"Training subset: {len(indices)} images of {source.num_classes} classes "
-        f"({max(class_counts)} to {min(class_counts)} per class), read from {source.origin}",
-        flush=True,
-    )
-    if config.stats_every > 0:
-        logging.warning("--stats_every is skipped for %s: its statistics need images in memory", source.name)
-    split, size = source.train, source.image_size
-    common = {
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "image_size": size,
-        "augmentation": config.augmentation_name,
-        "repeat": config.steps_per_epoch > 0,
-    }
-    if split.paths is not None:
-        train_data = input_pipeline.build_file_train_dataset(
-            split.paths[indices], split.labels[indices], sampler=config.sampler, **common
-        )
-    else:
-        if config.sampler != "instance":
-            raise UserError(
-                f"--sampler={config.sampler} needs random access to the images, which TFDS records lack; "
-                "give --data_dir the competition's JSON files and images instead"
-            )
-        if len(indices) < config.batch_size:
-            raise UserError(f"the training subset has {len(indices)} images; lower --batch_size")
-        train_data = input_pipeline.build_record_train_dataset(split.records(indices), **common)
-    return train_data, _file_eval_dataset(source.test, None, config.batch_size, size), digest
-
-
-def _file_eval_dataset(split: datasets.FileSplit, indices, batch_size: int, image_size: int):
-    if split.paths is None:
-        return input_pipeline.build_record_eval_dataset(split.records(indices), batch_size, image_size)
-    chosen = slice(None) if indices is None else indices
-    return input_pipeline.build_file_eval_dataset(
-        split.paths[chosen], split.labels[chosen], batch_size, image_size
-    )
-
-
-def file_post_hoc(
-    model,
-    config: Config,
-    source: datasets.FileSource,
-    indices,
-    holdout,
-    class_counts,
-    taus_from,
-    taus_from_name,
-) -> dict:
-    """`post_hoc.compute` for a FileSource: one pass of the evaluation pipeline per split.
-
-    Holds the training subset's features in memory (437,513 x 2,048 float32, 3.6 GB, for iNat).
-    """
-    probe = keras.Model(model.inputs, [model.get_layer("classifier").input, model.outputs[0]])
-
-    def extract(split, chosen):
-        dataset = _file_eval_dataset(split, chosen, config.batch_size, source.image_size)
-        features, logits = probe.predict(dataset, verbose=0)
-        labels = split.labels if chosen is None else split.labels[chosen]
-        return {"features": np.asarray(features), "logits": np.asarray(logits), "labels": labels}
-
-    kind, kernel, _ = post_hoc.classifier_weights(model)
-    return post_hoc.evaluate_post_hoc(
-        class_counts,
-        kernel,
-        kind,
-        extract(source.train, indices),
-        extract(source.test, None),
-        extract(source.train, holdout) if len(holdout) else None,
-        taus_from=taus_from,
-        taus_from_name=taus_from_name,
-    )
+    final = evaluation.latest[1] if evaluation.latest and evaluation.latest[0] == config.epochs - 1 else None
+    return model, final

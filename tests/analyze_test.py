@@ -10,27 +10,23 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 
-from conftest import DIGITS_SMOKE, REPO_ROOT, run_cli
+from conftest import DIGITS_SMOKE, run_cli, run_command, run_module
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("accuracy.png", "classifier_norms.png", "feature_deviation.png", "confusion.png", "tsne.png")
 STATISTICS = ("train_accuracy", "test_accuracy", "classifier_norm", "feature_deviation")
 
 
-def _run(*command: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT}
-    return subprocess.run(
-        [sys.executable, *command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def _run(*command: str, timeout: int = 300):
+    return run_command(sys.executable, *command, timeout=timeout)
 
 
-def _analyze(*args: str) -> subprocess.CompletedProcess:
-    return _run("-m", "cdt_tf.analyze", *args)
+def _analyze(*args: str):
+    return run_module("cdt_tf.analyze", *args)
 
 
 def _one_line_error(result, *fragments):

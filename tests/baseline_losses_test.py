@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cdt_tf import class_stats, losses, schedules
+from cdt_tf import catalog, class_stats, losses, schedules
 from cdt_tf.callbacks import VariableSchedule
 
 COUNTS = [400, 100, 25, 16]
@@ -178,9 +178,214 @@ def test_bad_loss_arguments_raise(make):
 
 
 def test_weight_reductions_match_config_vocabulary():
-    from cdt_tf import config
 
-    assert config.WEIGHT_REDUCTIONS == losses.WEIGHT_REDUCTIONS
+    assert catalog.WEIGHT_REDUCTIONS == losses.WEIGHT_REDUCTIONS
+
+
+# ----------------------------------------------------------------------------- soft labels [B, C]
+# A mixed pair q = lam e_a + (1 - lam) e_b per row (plus one-hot rows and one spread row).
+SOFT_LABELS = np.array(
+    [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 0.7, 0.0, 0.3],
+        [0.25, 0.25, 0.25, 0.25],
+        [0.0, 0.0, 0.6, 0.4],
+        [0.1, 0.0, 0.9, 0.0],
+        [0.0, 0.5, 0.5, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+        [0.8, 0.2, 0.0, 0.0],
+    ],
+    np.float32,
+)
+ONE_HOT = np.eye(len(COUNTS), dtype=np.float32)[LABELS]
+
+
+def soft_nll(z, targets):
+    return -(np.asarray(targets, np.float64) * log_softmax(z)).sum(1)
+
+
+def reduce_soft(per_example, targets, class_weights, weight_reduction, sample_weight=None):
+    """`reduce` with the soft label's weight w_n = sum_c q_nc w_c."""
+    w = np.asarray(targets, np.float64) @ np.asarray(class_weights, np.float64)
+    values = per_example * w
+    if weight_reduction == "weights":
+        values = values / w.mean()
+    if sample_weight is not None:
+        values = values * sample_weight
+    return values.sum() / len(targets)
+
+
+def ldam_per_target(z, counts, max_margin, scale):
+    """[B, C]: LDAM's loss of each example with target c (margin m_c on logit c), by brute force."""
+    margins = class_stats.ldam_margins(counts, max_margin)
+    out = np.zeros(z.shape)
+    for c in range(z.shape[1]):
+        adjusted = np.asarray(z, np.float64).copy()
+        adjusted[:, c] -= margins[c]
+        out[:, c] = -log_softmax(scale * adjusted)[:, c]
+    return out
+
+
+EFFECTIVE = class_stats.effective_number_weights(COUNTS, 0.999)
+DRW_WEIGHTS = [0.5, 1.0, 2.0, 0.5]
+
+# name -> (loss factory, NumPy soft-label per-example loss (targets, z), its class weights).
+SOFT_CASES = {
+    "weighted_ce": (
+        lambda **kw: losses.WeightedCrossEntropy(COUNTS, class_weights=DRW_WEIGHTS, **kw),
+        lambda q, z: soft_nll(z, q),
+        DRW_WEIGHTS,
+    ),
+    "cdt": (
+        lambda **kw: losses.CDTLoss(COUNTS, 0.3, class_weights=DRW_WEIGHTS, **kw),
+        lambda q, z: soft_nll(z / class_stats.class_temperatures(COUNTS, 0.3), q),
+        DRW_WEIGHTS,
+    ),
+    "reweight": (
+        lambda **kw: losses.ReweightedCrossEntropy(COUNTS, 0.5, **kw),
+        lambda q, z: soft_nll(z, q),
+        class_stats.reweighting_weights(COUNTS, 0.5),
+    ),
+    "focal": (
+        lambda **kw: losses.FocalLoss(COUNTS, 2.0, **kw),
+        lambda q, z: -(q * (1 - np.exp(log_softmax(z))) ** 2.0 * log_softmax(z)).sum(1),
+        np.ones(4),
+    ),
+    "cb": (
+        lambda **kw: losses.ClassBalancedLoss(COUNTS, 0.999, 1.0, **kw),
+        lambda q, z: -(q * (1 - np.exp(log_softmax(z))) * log_softmax(z)).sum(1),
+        EFFECTIVE,
+    ),
+    "ldam": (
+        lambda **kw: losses.LDAMLoss(COUNTS, 0.5, 30.0, class_weights=DRW_WEIGHTS, **kw),
+        lambda q, z: (q * ldam_per_target(z, COUNTS, 0.5, 30.0)).sum(1),
+        DRW_WEIGHTS,
+    ),
+    "la": (
+        lambda **kw: losses.LogitAdjustedLoss(COUNTS, 1.0, **kw),
+        lambda q, z: soft_nll(z + np.log(np.asarray(COUNTS, np.float64) / sum(COUNTS)), q),
+        np.ones(4),
+    ),
+}
+
+
+def _inputs(name):
+    return COSINES if name == "ldam" else LOGITS  # LDAM's z come from a cosine classifier.
+
+
+@pytest.mark.parametrize("weight_reduction", ["weights", "batch_size"])
+@pytest.mark.parametrize("name", sorted(SOFT_CASES))
+def test_soft_labels_against_numpy(name, weight_reduction):
+    make, per_example, class_weights = SOFT_CASES[name]
+    z = _inputs(name)
+    loss = make(weight_reduction=weight_reduction)
+    expected = reduce_soft(
+        per_example(SOFT_LABELS, z), SOFT_LABELS, class_weights, weight_reduction, SAMPLE_WEIGHT
+    )
+    got = float(keras.ops.convert_to_numpy(loss(SOFT_LABELS, z, sample_weight=SAMPLE_WEIGHT)))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("weight_reduction", ["weights", "batch_size"])
+@pytest.mark.parametrize("name", sorted(SOFT_CASES))
+def test_one_hot_soft_labels_give_the_sparse_loss(name, weight_reduction):
+    z = _inputs(name)
+    loss = SOFT_CASES[name][0](weight_reduction=weight_reduction)
+    for sample_weight in (None, SAMPLE_WEIGHT):
+        sparse = loss(LABELS, z, sample_weight=sample_weight)
+        soft = loss(ONE_HOT, z, sample_weight=sample_weight)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(soft), keras.ops.convert_to_numpy(sparse), rtol=1e-6
+        )
+
+
+@pytest.mark.parametrize("name", sorted(SOFT_CASES))
+def test_soft_labels_with_sum_reduction(name):
+    make, per_example, class_weights = SOFT_CASES[name]
+    z = _inputs(name)
+    weights = SOFT_LABELS.astype(np.float64) @ np.asarray(class_weights, np.float64)
+    expected = (per_example(SOFT_LABELS, z) * weights / weights.mean()).sum()
+    got = float(keras.ops.convert_to_numpy(make(reduction="sum")(SOFT_LABELS, z)))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        losses.LDAMLoss(COUNTS, 0.5, 30.0),
+        losses.FocalLoss(COUNTS, 2.0),
+        losses.CDTLoss(COUNTS, 0.3),
+        losses.LogitAdjustedLoss(COUNTS, 1.0),
+    ],
+    ids=lambda loss: type(loss).__name__,
+)
+def test_a_mixed_label_gives_the_mixed_loss_of_the_reference_codes(loss):
+    """Unit weights: loss(lam e_a + (1 - lam) e_b) = lam loss(a) + (1 - lam) loss(b), as mixup_criterion."""
+    z, lam = (COSINES if isinstance(loss, losses.LDAMLoss) else LOGITS), 0.3
+    partner = LABELS[::-1].copy()
+    mixed = lam * ONE_HOT + (1 - lam) * np.eye(4, dtype=np.float32)[partner]
+    expected = lam * float(loss(LABELS, z)) + (1 - lam) * float(loss(partner, z))
+    assert float(loss(mixed, z)) == pytest.approx(expected, rel=1e-5)
+
+
+# Logits with a confident row (softmax near one-hot at LDAM's scale 30) and a tie, and their mixed labels.
+EXTREME_LOGITS = np.array([[1.0, -1.0, -1.0, -1.0], [0.5, 0.5, 0.5, 0.5]], np.float32)
+EXTREME_A, EXTREME_B = np.array([0, 3]), np.array([1, 0])
+
+
+def _gradient(loss, labels, z):
+    import tensorflow as tf
+
+    logits = tf.constant(z)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = loss(labels, logits)
+    return tape.gradient(value, logits).numpy()
+
+
+@pytest.mark.parametrize("name", sorted(SOFT_CASES))
+def test_soft_label_gradients_are_finite(name):
+    loss = SOFT_CASES[name][0]()
+    z = np.concatenate([_inputs(name), EXTREME_LOGITS])
+    labels = np.concatenate([SOFT_LABELS, [[0.3, 0.7, 0, 0], [0.3, 0, 0, 0.7]]]).astype(np.float32)
+    assert np.isfinite(_gradient(loss, labels, z)).all()
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        losses.LDAMLoss(COUNTS, 0.5, 30.0),
+        losses.FocalLoss(COUNTS, 2.0),
+        losses.CDTLoss(COUNTS, 0.3),
+        losses.LogitAdjustedLoss(COUNTS, 1.0),
+        losses.WeightedCrossEntropy(COUNTS),
+    ],
+    ids=lambda loss: type(loss).__name__,
+)
+def test_soft_label_gradients_are_the_mixed_gradients(loss):
+    """Unit weights: d loss(mixed) / dz = lam d loss(a) / dz + (1 - lam) d loss(b) / dz."""
+    lam = 0.3
+    z = np.concatenate([COSINES if isinstance(loss, losses.LDAMLoss) else LOGITS, EXTREME_LOGITS])
+    labels_a = np.concatenate([LABELS, EXTREME_A])
+    labels_b = np.concatenate([LABELS[::-1], EXTREME_B])
+    mixed = lam * np.eye(4, dtype=np.float32)[labels_a] + (1 - lam) * np.eye(4, dtype=np.float32)[labels_b]
+    expected = lam * _gradient(loss, labels_a, z) + (1 - lam) * _gradient(loss, labels_b, z)
+    np.testing.assert_allclose(_gradient(loss, mixed, z), expected, atol=1e-6)
+
+
+def test_plain_cross_entropy_takes_soft_labels_when_batches_are_mixed():
+    from cdt_tf import train
+    from cdt_tf.config import Config
+
+    plain = Config(dataset="digits", model_dir="/tmp/run").validate()
+    mixed = Config(dataset="digits", model_dir="/tmp/run", mixup_alpha=0.2).validate()
+    assert isinstance(train.build_loss(plain, COUNTS), keras.losses.SparseCategoricalCrossentropy)
+    loss = train.build_loss(mixed, COUNTS)
+    assert isinstance(loss, losses.WeightedCrossEntropy)
+    keras_ce = keras.losses.CategoricalCrossentropy(from_logits=True)
+    assert float(loss(SOFT_LABELS, LOGITS)) == pytest.approx(float(keras_ce(SOFT_LABELS, LOGITS)), rel=1e-6)
+    sparse_ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    assert float(loss(LABELS, LOGITS)) == pytest.approx(float(sparse_ce(LABELS, LOGITS)), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- serialisation

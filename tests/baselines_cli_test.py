@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ from absl import flags
 
 from cdt_tf import config as config_lib
 from cdt_tf import paper_results
-from conftest import DIGITS_SMOKE, REPO_ROOT
+from conftest import DIGITS_SMOKE, REPO_ROOT, run_command, run_module
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import reproduce_table  # noqa: E402
@@ -22,15 +21,7 @@ DIGITS = DIGITS_SMOKE + ("--gamma=0.0",)
 
 
 def _module(module, *args, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module(module, *args, timeout=timeout)
 
 
 def _results(model_dir):
@@ -117,19 +108,14 @@ def test_bad_tau_from_fails_before_training(cli, tmp_path):
 def test_post_hoc_cli_on_a_missing_run_is_one_line(tmp_path):
     result = _module("cdt_tf.post_hoc", f"--model_dir={tmp_path}")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("cdt_tf.post_hoc: error:")
+    assert result.stderr.strip().splitlines()[-1].startswith("cdt_tf: error:")
 
 
 # ----------------------------------------------------------------------------- flagfiles
 
 
 def test_committed_flagfiles_match_the_generator():
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "make_flagfiles.py"), "--check"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
+    result = run_command(sys.executable, os.path.join(REPO_ROOT, "tools", "make_flagfiles.py"), "--check")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -150,7 +136,7 @@ def test_a_flagfile_for_every_cifar_row_of_tables_2_and_7(table, profile):
             assert f"Paper, Table {table}:" in text, path
             config = _parse_flagfile(path)
             assert (config.dataset, config.imbalance, config.imbalance_ratio) == (dataset, profile, ratio)
-            assert config.epochs == 200 and config.model_name == "resnet32"
+            assert config.epochs == 200 and config.resolved_model == "resnet32"
 
 
 def test_method_flagfiles_set_their_method():
@@ -158,7 +144,7 @@ def test_method_flagfiles_set_their_method():
         return _parse_flagfile(os.path.join(REPO_ROOT, "flags", f"cifar10_lt100_{suffix}.cfg"))
 
     assert load("resample").sampler == "class_balanced"
-    assert load("ldam_drw").drw_epoch == 160 and load("ldam_drw").classifier_name == "cosine"
+    assert load("ldam_drw").drw_epoch == 160 and load("ldam_drw").resolved_classifier == "cosine"
     assert load("ldam").drw_epoch == 0
     assert load("cb").loss == "cb" and load("cb").cb_beta == 0.9999
     assert load("cdt_holdout3").holdout_per_class == 3
@@ -191,22 +177,15 @@ def test_table_collects_runs_and_prints_ours_beside_the_paper(tmp_path):
         section = {k: {"top1": v, "tau": 0.5, "selected_on": "test"} for k, v in post.items()}
         (run_dir / "results.json").write_text(json.dumps({"top1": top1, "post_hoc": section}))
     output = tmp_path / "table.md"
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO_ROOT, "tools", "reproduce_table.py"),
-            "--table=2",
-            "--datasets=cifar10",
-            "--ratios=100",
-            "--methods=ERM,CDT,Focal",
-            f"--runs_dir={runs}",
-            "--epochs=20",
-            "--norun",
-            f"--output={output}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
+    result = _reproduce(
+        "--table=2",
+        "--datasets=cifar10",
+        "--ratios=100",
+        "--methods=ERM,CDT,Focal",
+        f"--runs_dir={runs}",
+        "--epochs=20",
+        "--norun",
+        f"--output={output}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     text = output.read_text()
@@ -220,12 +199,7 @@ def test_table_collects_runs_and_prints_ours_beside_the_paper(tmp_path):
 
 
 def _reproduce(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "reproduce_table.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
+    return run_command(sys.executable, os.path.join(REPO_ROOT, "tools", "reproduce_table.py"), *args)
 
 
 def test_table_9_reads_the_full_runs_test_sweep_at_the_held_out_tau(tmp_path):

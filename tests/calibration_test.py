@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdt_tf.calibration import NcTauCalibration, nc_tau_calibrate
+from cdt_tf.calibration import TAU_RANGE, NcTauCalibration, check_tau, nc_tau_calibrate, nc_tau_scale
 
 COUNTS = [100, 10, 1]
 LOGITS = np.array([[2.0, 1.0, 0.5], [-1.0, 0.0, 3.0]], np.float32)
@@ -41,7 +41,7 @@ def test_bad_counts_are_refused(counts):
         NcTauCalibration(counts, 0.5)
 
 
-@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0, TAU_RANGE[1]])
 def test_layer_matches_numpy(tau):
     layer = NcTauCalibration(COUNTS, tau)
     output = layer(LOGITS)
@@ -83,3 +83,68 @@ def test_layer_serializes_with_plain_config(tmp_path):
     np.testing.assert_allclose(
         reloaded.predict(LOGITS, verbose=0), nc_tau_calibrate(LOGITS, COUNTS, 0.75), 1e-6
     )
+
+
+# ----------------------------------------------------------------------------- the tau range
+
+
+def test_tau_range_is_zero_to_five():
+    assert TAU_RANGE == (0.0, 5.0)
+    assert check_tau(0) == 0.0 and check_tau(np.float32(5.0)) == 5.0
+
+
+@pytest.mark.parametrize("tau", [-0.1, -1.0, 5.01, 100.0, np.nan, np.inf, -np.inf])
+def test_tau_outside_the_range_is_refused(tau):
+    with pytest.raises(ValueError, match=r"tau must be a finite number in \[0, 5\]"):
+        check_tau(tau)
+    with pytest.raises(ValueError, match=r"tau must be a finite number in \[0, 5\]"):
+        NcTauCalibration(COUNTS, tau)
+    layer = NcTauCalibration(COUNTS, 0.5)
+    with pytest.raises(ValueError, match=r"tau must be a finite number in \[0, 5\]"):
+        layer(LOGITS, tau=tau)  # A Python number per call is checked too.
+    with pytest.raises(ValueError, match=r"tau must be a number in \[0, 5\]"):
+        check_tau("high")
+
+
+# Classes of 1e8 .. 1 images: at tau = 5, N_c^tau reaches 1e40, beyond float32 (1e-38 is its smallest
+# normal number), so a plain logits / N_c^tau in float32 is 0 (or a denormal) for the largest classes.
+HUGE_COUNTS = [10**8, 5 * 10**7, 10**4, 100, 1]
+
+
+def test_calibration_at_the_largest_tau_is_finite_and_keeps_the_argmax():
+    tau = TAU_RANGE[1]
+    rng = np.random.default_rng(0)
+    logits = np.concatenate(
+        [
+            [[1.0, 0.5, -1.0, -2.0, -3.0]],  # Class 1 wins: 0.5 / (5e7)^5 > 1 / (1e8)^5; both ~1e-39.
+            [[-1.0, -0.5, -0.2, -0.1, -0.05]],  # All negative: the largest class (smallest |value|) wins.
+            rng.normal(0, 3, (30, 5)),
+        ]
+    ).astype(np.float32)
+    reference = nc_tau_calibrate(logits, HUGE_COUNTS, tau)  # float64: exact.
+    scale = nc_tau_scale(tau, HUGE_COUNTS)
+    assert scale == pytest.approx(np.exp(tau * np.log(1e8) - 60))  # N_max^tau / e^60 > 1: rescaled.
+    output = keras.ops.convert_to_numpy(NcTauCalibration(HUGE_COUNTS, tau)(logits))
+    assert output.dtype == np.float32 and np.isfinite(output).all()
+    assert (output != 0).all()  # Every non-zero logit stays non-zero.
+    np.testing.assert_allclose(output, reference * scale, rtol=1e-6)
+    np.testing.assert_array_equal(output.argmax(-1), reference.argmax(-1))
+    assert list(output.argmax(-1)[:2]) == [1, 0]
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(output, axis=-1))
+    assert np.isfinite(probabilities).all() and (probabilities.max(-1) > 0.21).all()  # Not uniform (0.2).
+
+
+def test_scale_is_one_while_the_division_is_representable():
+    # N_max^tau <= e^60: exactly logits / N_c^tau (CIFAR's 5,000 images at every allowed tau).
+    assert nc_tau_scale(TAU_RANGE[1], [5000, 50]) == 1.0
+    assert nc_tau_scale(0.0, HUGE_COUNTS) == 1.0
+    assert nc_tau_scale(2.0, HUGE_COUNTS) == 1.0  # 1e16.
+    # Continuous in tau: no jump where the rescaling starts.
+    edge = 60 / np.log(1e8)
+    assert nc_tau_scale(edge + 1e-9, HUGE_COUNTS) == pytest.approx(1.0)
+
+
+def test_counts_too_imbalanced_for_float32_are_refused():
+    NcTauCalibration([int(2e10), 1], 0.0)  # e^24 = 2.6e10 is the limit.
+    with pytest.raises(ValueError, match="too imbalanced"):
+        NcTauCalibration([10**11, 1], 0.0)

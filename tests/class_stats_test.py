@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from cdt_tf import class_stats
 from cdt_tf.class_stats import class_temperatures, imbalanced_counts, shot_groups
+from conftest import run_command
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -190,19 +190,12 @@ def test_shot_group_constants():
 
 
 def test_class_stats_does_not_import_tensorflow():
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import cdt_tf.class_stats, sys; "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
-            "assert 'keras' not in sys.modules, 'keras imported'",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_command(
+        sys.executable,
+        "-c",
+        "import cdt_tf.class_stats, sys; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
+        "assert 'keras' not in sys.modules, 'keras imported'",
         timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 
 import pytest
 from absl import flags
 
+from cdt_tf import catalog
 from cdt_tf import config as config_lib
 from cdt_tf.errors import UserError
+from conftest import run_command
 
 
 def _config(**overrides):
@@ -46,9 +47,9 @@ def test_validation_errors_name_the_flag(overrides, fragment):
 
 
 def test_auto_model_and_augmentation():
-    assert _config().model_name == "digits_convnet" and _config().augmentation_name == "none"
+    assert _config().resolved_model == "digits_convnet" and _config().resolved_augmentation == "none"
     cifar = dataclasses.replace(_config(), dataset="cifar10")
-    assert cifar.model_name == "resnet32" and cifar.augmentation_name == "crop_flip"
+    assert cifar.resolved_model == "resnet32" and cifar.resolved_augmentation == "crop_flip"
 
 
 def test_differences_ignore_only_resumable_fields():
@@ -79,7 +80,7 @@ def test_from_flags_parses_lists():
 def test_vocabulary_matches_the_modules():
     from cdt_tf import models
 
-    for name in config_lib.MODEL_NAMES:
+    for name in catalog.MODEL_NAMES:
         shape = (8, 8, 3) if name == "digits_convnet" else (32, 32, 3)
         assert models.build_model(name, 3, shape, (0.5,) * 3, (0.25,) * 3).output_shape == (None, 3)
     with pytest.raises(ValueError):
@@ -91,7 +92,7 @@ def test_flag_errors_do_not_import_tensorflow():
         "import sys; sys.argv = ['x']; import cdt_tf.config, cdt_tf.class_stats, cdt_tf.datasets; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    assert run_command(sys.executable, "-c", code).returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -118,9 +119,9 @@ def test_baseline_flag_validation(overrides, fragment):
 
 
 def test_auto_classifier_is_cosine_for_ldam_only():
-    assert _config().classifier_name == "linear"
-    assert dataclasses.replace(_config(), loss="ldam").classifier_name == "cosine"
-    assert dataclasses.replace(_config(), loss="ldam", classifier="linear").classifier_name == "linear"
+    assert _config().resolved_classifier == "linear"
+    assert dataclasses.replace(_config(), loss="ldam").resolved_classifier == "cosine"
+    assert dataclasses.replace(_config(), loss="ldam", classifier="linear").resolved_classifier == "linear"
 
 
 def test_fields_missing_from_an_older_config_count_as_defaults():
@@ -134,4 +135,4 @@ def test_fields_missing_from_an_older_config_count_as_defaults():
 def test_classifier_vocabulary_matches_models():
     from cdt_tf import models
 
-    assert set(config_lib.CLASSIFIERS) - {"auto"} == set(models.CLASSIFIERS)
+    assert set(catalog.CLASSIFIERS) == set(models.CLASSIFIERS)

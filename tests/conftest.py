@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -31,19 +32,75 @@ DIGITS_SMOKE = (
 )
 
 
+def subprocess_env(**extra: str) -> dict:
+    """The environment of every command a test starts: this checkout first on the path, quiet TF."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT, **extra}
+
+
+def run_command(*command: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Runs a command in the repository root (captured text output) and returns the finished process.
+
+    The one subprocess helper of the suite: `run_module` and `run_cli` call it, and tests that run
+    Python snippets, tools or saved_model_cli call it directly (`sys.executable` for Python).
+    """
+    kwargs.setdefault("env", subprocess_env())
+    kwargs.setdefault("cwd", REPO_ROOT)
+    return subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def run_module(module: str, *args: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Runs `python -m MODULE ARGS` (e.g. cdt_tf.post_hoc) in the repository root."""
+    return run_command(sys.executable, "-m", module, *args, timeout=timeout, **kwargs)
+
+
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs `python -m cdt_tf.main ARGS` in the repository root and returns the finished process."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "cdt_tf.main", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("cdt_tf.main", *args, timeout=timeout)
 
 
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# Calls that make a test end-to-end: it starts a command line, or trains a run in-process.
+_E2E_CALLS = ("run_cli(", "run_module(", "run_command(", "cli(", "subprocess.", "train_and_evaluate(")
+
+
+def _source(function) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+def _e2e_helpers(module) -> tuple[str, ...]:
+    """Calls of a test module's own helper functions that start a command line or a training run."""
+    names = [
+        name
+        for name, value in vars(module).items()
+        if inspect.isfunction(value)
+        and value.__module__ == module.__name__
+        and not name.startswith("test_")
+        and any(call in _source(value) for call in _E2E_CALLS)
+    ]
+    return tuple(f"{name}(" for name in names)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `e2e` every test that (itself, through a helper of its module or a fixture) runs a command
+    line or a training run, so that `pytest -m "not e2e"` runs the unit tests alone."""
+    helpers = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module not in helpers:
+            helpers[module] = _e2e_helpers(module) if module is not None else ()
+        calls = _E2E_CALLS + helpers[module]
+        sources = [_source(getattr(item, "function", None))]
+        fixture_info = getattr(item, "_fixtureinfo", None)
+        for name in getattr(fixture_info, "names_closure", ()):
+            for definition in fixture_info.name2fixturedefs.get(name, ()):
+                if definition.baseid:  # The suite's own fixtures, not pytest's.
+                    sources.append(_source(definition.func))
+        if any(call in source for source in sources for call in calls):
+            item.add_marker(pytest.mark.e2e)

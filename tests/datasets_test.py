@@ -174,6 +174,70 @@ def test_non_image_files_are_ignored(tmp_path):
     assert len(source.train.ids) == 7
 
 
+def test_images_in_nested_folders_belong_to_their_class(tmp_path):
+    root = str(tmp_path)
+    written = _make_folder(root)
+    for rel, seed in (
+        (os.path.join("train", "cat", "indoor", "0.png"), 50),
+        (os.path.join("train", "cat", "indoor", "deep", "a.png"), 51),
+        (os.path.join("test", "ant", "2019", "9.png"), 52),
+    ):
+        written[rel] = _pixels(seed)
+        _write_png(os.path.join(root, rel), written[rel])
+    _write_png(os.path.join(root, "train", "cat", ".thumbnails", "0.png"), _pixels(53))  # Hidden: skipped.
+    source = load_source("image_folder", root)
+    assert source.train.ids.tolist()[4:] == [
+        os.path.join("train", "cat", "0.png"),
+        os.path.join("train", "cat", "1.png"),
+        os.path.join("train", "cat", "2.png"),
+        os.path.join("train", "cat", "indoor", "0.png"),
+        os.path.join("train", "cat", "indoor", "deep", "a.png"),
+    ]
+    np.testing.assert_array_equal(source.train.labels, [0, 0, 1, 1, 2, 2, 2, 2, 2])
+    assert os.path.join("test", "ant", "2019", "9.png") in source.test.ids.tolist()
+    for rel, image in zip(source.train.ids, source.train.images(), strict=True):
+        np.testing.assert_array_equal(image, written[rel])
+
+
+def test_a_class_folder_with_images_only_in_sub_folders_is_read(tmp_path):
+    root = str(tmp_path)
+    _write_png(os.path.join(root, "train", "a", "images", "0.png"), _pixels(1))
+    _write_png(os.path.join(root, "train", "b", "0.png"), _pixels(2))
+    _write_png(os.path.join(root, "test", "a", "0.png"), _pixels(3))
+    _write_png(os.path.join(root, "test", "b", "0.png"), _pixels(4))
+    os.symlink(os.path.join(root, "train", "a"), os.path.join(root, "train", "a", "images", "loop"))
+    source = load_source("image_folder", root)
+    assert source.train.ids.tolist() == [
+        os.path.join("train", "a", "images", "0.png"),
+        os.path.join("train", "b", "0.png"),
+    ]
+
+
+def test_skip_leaves_unreadable_folder_images_out(tmp_path, caplog):
+    root = str(tmp_path)
+    _make_folder(root)
+    for rel, data in (
+        (os.path.join("train", "cat", "x.jpg"), b"not an image"),
+        (os.path.join("train", "ant", "0.png"), b""),
+        (os.path.join("test", "bee", "y.gif"), b"GIF"),
+    ):
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(data)
+    with caplog.at_level("WARNING"):
+        source = load_source("image_folder", root, bad_images="skip")
+    assert source.skipped_images == {
+        "train": [os.path.join("train", "ant", "0.png"), os.path.join("train", "cat", "x.jpg")],
+        "test": [os.path.join("test", "bee", "y.gif")],
+    }
+    assert len(source.train.ids) == 6 and os.path.join("train", "ant", "1.png") in source.train.ids.tolist()
+    np.testing.assert_array_equal(source.train.labels, [0, 1, 1, 2, 2, 2])
+    assert source.train.images().shape == (6, 8, 8, 3) and source.test.images().shape == (4, 8, 8, 3)
+    warnings = [r.getMessage() for r in caplog.records if "--bad_images=skip" in r.getMessage()]
+    assert len(warnings) == 1 and "3 image files" in warnings[0] and "(empty)" in warnings[0]
+    with pytest.raises(DataError, match="0.png"):  # "error": decoding names the unreadable file, as before.
+        load_source("image_folder", root)
+
+
 def test_missing_test_split_raises(tmp_path):
     root = str(tmp_path)
     _make_folder(root)
@@ -208,6 +272,24 @@ def test_image_folder_needs_data_dir():
 def test_missing_data_dir_raises(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_source("image_folder", str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "image_folder", "tiny_imagenet", "inat2018"])
+def test_a_data_dir_that_does_not_exist_is_named_and_not_created(tmp_path, monkeypatch, dataset):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+    monkeypatch.setattr(tfds, "load", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(tfds, "builder", lambda *args, **kwargs: calls.append(kwargs))
+    missing = str(tmp_path / "nope")
+    with pytest.raises(DataError) as error:
+        load_source(dataset, missing)
+    message = str(error.value)
+    assert message.startswith(f"--data_dir {missing} does not exist; ") and "\n" not in message
+    assert calls == [] and not os.path.exists(missing)
+    with open(missing, "w") as f:
+        f.write("a file")
+    with pytest.raises(DataError, match=f"--data_dir {missing} is not a directory"):
+        load_source(dataset, missing)
 
 
 def test_unknown_dataset_raises():
@@ -270,6 +352,16 @@ def test_digits_source():
     # The split is fixed.
     again = load_source("digits")
     np.testing.assert_array_equal(again.test.ids, source.test.ids)
+
+
+def test_digits_refuses_a_data_dir(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_source("digits", str(tmp_path))
+    assert str(error.value) == (
+        "--data_dir is not used by --dataset=digits (scikit-learn's bundled copy); "
+        f"remove --data_dir={tmp_path}"
+    )
+    assert load_source("digits", "").num_classes == 10  # An empty flag value is no data_dir.
 
 
 def test_digits_pixels_match_sklearn():

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from cdt_tf import catalog, distribution
 from cdt_tf import config as config_lib
-from cdt_tf import distribution
-from conftest import DIGITS_SMOKE, REPO_ROOT
+from cdt_tf.errors import UserError
+from conftest import DIGITS_SMOKE, run_command
 
 EQUIVALENCE = textwrap.dedent("""
     import json, sys
@@ -51,14 +51,8 @@ EQUIVALENCE = textwrap.dedent("""
     """)
 
 
-def _env(**extra):
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT, **extra}
-
-
 def test_mirrored_on_two_cpus_gives_the_single_device_loss_and_gradients():
-    result = subprocess.run(
-        [sys.executable, "-c", EQUIVALENCE], env=_env(), capture_output=True, text=True, timeout=300
-    )
+    result = run_command(sys.executable, "-c", EQUIVALENCE)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["replicas"] == [1, 2]
@@ -69,7 +63,7 @@ def test_mirrored_on_two_cpus_gives_the_single_device_loss_and_gradients():
 
 
 def test_strategy_vocabulary_matches():
-    assert config_lib.STRATEGIES == distribution.STRATEGIES
+    assert catalog.STRATEGIES == distribution.STRATEGIES
 
 
 def test_mirrored_flag_and_profile_on_the_cli(cli, tmp_path):
@@ -101,3 +95,74 @@ def test_mixed_precision_keeps_logits_and_loss_float32(cli, tmp_path):
 def test_bad_profile_batch(cli, tmp_path, value):
     result = cli(*DIGITS_SMOKE, f"--profile_batch={value}", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "--profile_batch" in result.stderr.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- --precision
+
+
+@pytest.mark.parametrize(
+    "requested, gpus, cpu_bf16, expected",
+    [
+        ("auto", [(8, 0)], False, "mixed_float16"),  # A100: tensor cores.
+        ("auto", [(7, 0), (9, 0)], True, "mixed_float16"),
+        ("auto", [(6, 1)], True, "float32"),  # Pascal: fp16 without tensor cores is no faster.
+        ("auto", [(8, 0), (6, 1)], False, "float32"),  # Mixed GPUs: the slowest decides.
+        ("auto", [], True, "mixed_bfloat16"),  # AVX512-BF16 / AMX CPU.
+        ("auto", [], False, "float32"),
+        ("float32", [(8, 0)], True, "float32"),
+        ("mixed_bfloat16", [], False, "mixed_bfloat16"),  # Asked for: emulated, but honoured.
+        ("mixed_float16", [(7, 5)], False, "mixed_float16"),
+        ("mixed", [], True, "mixed_bfloat16"),  # The deprecated --mixed_precision.
+        ("mixed", [(8, 6)], False, "mixed_float16"),
+    ],
+)
+def test_precision_is_a_pure_function_of_the_devices(requested, gpus, cpu_bf16, expected):
+    assert distribution.resolve_precision(requested, gpus, cpu_bf16) == expected
+
+
+@pytest.mark.parametrize(
+    "requested, gpus, message",
+    [("mixed_float16", [], "needs a GPU"), ("mixed", [], "--mixed_precision needs"), ("fp8", [], "unknown")],
+)
+def test_precision_refusals_are_user_errors(requested, gpus, message):
+    with pytest.raises(UserError, match=message):
+        distribution.resolve_precision(requested, gpus, False)
+
+
+def test_cpu_flags_decide_bfloat16():
+    assert distribution.cpu_supports_bfloat16("fpu avx512f avx512_bf16 amx_tile")
+    assert distribution.cpu_supports_bfloat16("amx_bf16")
+    assert not distribution.cpu_supports_bfloat16("fpu sse2 avx2 avx512f")
+
+
+def test_mixed_precision_with_precision_is_refused():
+    config = config_lib.Config(
+        dataset="digits", model_dir="/tmp/x", mixed_precision=True, precision="float32"
+    )
+    assert config.validate() is config  # The old flag alone still works.
+    with pytest.raises(UserError, match="--mixed_precision is the old spelling of --precision"):
+        config_lib.Config(
+            dataset="digits", model_dir="/tmp/x", mixed_precision=True, precision="mixed_bfloat16"
+        ).validate()
+
+
+@pytest.mark.skipif(not distribution.cpu_supports_bfloat16(), reason="this CPU has no bfloat16 arithmetic")
+def test_a_run_records_its_precision_and_a_resumed_run_keeps_it(cli, tmp_path):
+    model_dir = tmp_path / "run"
+    first = cli(*DIGITS_SMOKE, "--precision=auto", f"--model_dir={model_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "precision mixed_bfloat16" in first.stdout
+    stored = json.load(open(model_dir / "config.json"))
+    assert stored["precision"] == "auto" and stored["resolved_precision"] == "mixed_bfloat16"
+    assert json.load(open(model_dir / "results.json"))["precision"] == "mixed_bfloat16"
+
+    # A run resumed where auto would resolve otherwise keeps what it started with.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "config.json").write_text(
+        json.dumps({**stored, "model_dir": str(resumed), "resolved_precision": "float32"})
+    )
+    again = cli(*DIGITS_SMOKE, "--precision=auto", f"--model_dir={resumed}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "precision float32" in again.stdout
+    assert json.load(open(resumed / "results.json"))["precision"] == "float32"

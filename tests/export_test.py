@@ -10,7 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
+import shutil
 import sys
 import types
 
@@ -20,11 +20,13 @@ import pytest
 import tensorflow as tf
 
 from cdt_tf import datasets, export, models
-from cdt_tf.analyze import load_model
-from cdt_tf.calibration import nc_tau_calibrate
+from cdt_tf.calibration import TAU_RANGE, nc_tau_calibrate
 from cdt_tf.config import Config
 from cdt_tf.errors import UserError
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_command
+
+# Every signature returns these (tested: the exported outputs are exactly these keys).
+OUTPUTS = ("logits", "calibrated_logits", "probabilities", "classes", "class_names")
 
 
 def _load_tool(name):
@@ -83,9 +85,7 @@ def _python(*args: str, cwd: str = REPO_ROOT, pythonpath: bool = True, timeout: 
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if pythonpath:
         env["PYTHONPATH"] = REPO_ROOT
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_command(sys.executable, *args, cwd=cwd, env=env, timeout=timeout)
 
 
 def _softmax(logits):
@@ -156,7 +156,8 @@ def exported(tmp_path_factory):
         export_dir=export_dir,
         path=path,
         tau=tau,
-        model=load_model(os.path.join(model_dir, "model.keras")),
+        # cdt_tf.models (imported) registers the custom layers.
+        model=keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False),
         images=images,
         large=rng.integers(0, 256, (3, 12, 10, 3), dtype=np.uint8),  # Resized to 8x8 by the graph.
     )
@@ -230,7 +231,7 @@ def test_calibration_is_logits_over_recorded_counts_to_the_tau(exported, fresh_o
     np.testing.assert_array_equal(
         fresh_outputs["tau_zero/calibrated_logits"], fresh_outputs["tau_zero/logits"]
     )
-    for key in export.OUTPUTS:  # serve_with_tau at the exported tau is serving_default.
+    for key in OUTPUTS:  # serve_with_tau at the exported tau is serving_default.
         np.testing.assert_array_equal(fresh_outputs[f"tau_recorded/{key}"], fresh_outputs[f"default/{key}"])
         np.testing.assert_array_equal(fresh_outputs[f"bytes/{key}"], fresh_outputs[f"default/{key}"])
 
@@ -262,21 +263,19 @@ def test_export_cli_writes_the_next_version_and_keeps_the_first(exported):
     assert export.next_version(exported.export_dir) == 3
 
 
-def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
+def _saved_model_cli(*args: str):
+    """Runs saved_model_cli (`run` loads with the TF1-style loader, as TensorFlow Serving does)."""
     saved_model_cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     command = (
         [saved_model_cli]
         if os.path.exists(saved_model_cli)
         else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    shown = subprocess.run(
-        [*command, "show", "--dir", exported.path, "--all"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_command(*command, *args, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=120)
+
+
+def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
+    shown = _saved_model_cli("show", "--dir", exported.path, "--all")
     assert shown.returncode == 0, shown.stderr[-3000:]
     for expected in (
         "signature_def['serving_default']",
@@ -294,25 +293,18 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
     # `run` loads with the TF1-style loader, as TensorFlow Serving does.
     np.save(tmp_path / "images.npy", exported.images)
     out_dir = tmp_path / "outputs"
-    ran = subprocess.run(
-        [
-            *command,
-            "run",
-            "--dir",
-            exported.path,
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serving_default",
-            "--inputs",
-            f"images={tmp_path / 'images.npy'}",
-            "--outdir",
-            str(out_dir),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    ran = _saved_model_cli(
+        "run",
+        "--dir",
+        exported.path,
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_default",
+        "--inputs",
+        f"images={tmp_path / 'images.npy'}",
+        "--outdir",
+        str(out_dir),
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
     logits = exported.model.predict(exported.images, verbose=0)
@@ -350,7 +342,7 @@ def _tensors_from_rest_body(body, specs):
 
 
 def _assert_same_outputs(actual, expected):
-    for key in export.OUTPUTS:
+    for key in OUTPUTS:
         np.testing.assert_array_equal(actual[key].numpy(), expected[key].numpy())
 
 
@@ -463,6 +455,135 @@ def test_bad_images_are_refused_with_a_clear_message(exported):
     assert serving_client.check_images(np.zeros([8, 8, 3], np.uint8)).shape == (1, 8, 8, 3)
 
 
+EMPTY_OUTPUTS = {
+    "logits": ([0, 10], tf.float32),
+    "calibrated_logits": ([0, 10], tf.float32),
+    "probabilities": ([0, 10], tf.float32),
+    "classes": ([0], tf.int64),
+    "class_names": ([0], tf.string),
+}
+
+
+def test_an_empty_batch_returns_empty_outputs(exported, tmp_path):
+    signatures = tf.saved_model.load(exported.path).signatures
+    no_images = tf.zeros([0, 8, 8, 3], tf.uint8)
+    for name, outputs in (
+        ("serving_default", signatures["serving_default"](images=no_images)),
+        ("resized", signatures["serving_default"](images=tf.zeros([0, 12, 10, 3], tf.uint8))),
+        ("serve_image_bytes", signatures["serve_image_bytes"](image_bytes=tf.constant([], tf.string))),
+        ("serve_with_tau", signatures["serve_with_tau"](images=no_images, tau=tf.constant(0.5))),
+    ):
+        assert set(outputs) == set(OUTPUTS), name
+        for key, (shape, dtype) in EMPTY_OUTPUTS.items():
+            assert outputs[key].shape == shape and outputs[key].dtype == dtype, (name, key, outputs[key])
+    # TF Serving's TF1-style loader, through saved_model_cli.
+    ran = _saved_model_cli(
+        "run",
+        "--dir",
+        exported.path,
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serve_image_bytes",
+        "--input_exprs",
+        "image_bytes=[]",
+        "--outdir",
+        str(tmp_path / "outputs"),
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert np.load(tmp_path / "outputs" / "logits.npy").shape == (0, 10)
+    assert np.load(tmp_path / "outputs" / "classes.npy").shape == (0,)
+
+
+def test_a_scalar_image_bytes_is_refused_with_a_clear_message(exported):
+    png = tf.io.encode_png(exported.images[0])
+    loaded = tf.saved_model.load(exported.path)
+    serve = loaded.signatures["serve_image_bytes"]
+    assert serve(image_bytes=tf.reshape(png, [1]))["classes"].shape == [1]  # A batch of one: [data].
+    # A loaded signature does not check shapes (nor does TF Serving): the graph refuses a scalar.
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"Shape of tensor image_bytes \[\] is not compatible with expected shape \[\?\]",
+    ):
+        serve(image_bytes=png)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes \[1,1\] is not compatible"):
+        serve(image_bytes=tf.reshape(png, [1, 1]))
+    # The restored tf.function binds its input signature before running.
+    with pytest.raises(TypeError, match=r"Can not cast TensorSpec\(shape=\(\), dtype=tf.string"):
+        loaded.serve_image_bytes(png)
+    # saved_model_cli's session refuses it before the graph runs.
+    ran = _saved_model_cli(
+        "run",
+        "--dir",
+        exported.path,
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serve_image_bytes",
+        "--input_exprs",
+        'image_bytes=b"not a batch"',
+    )
+    assert ran.returncode != 0
+    assert "Cannot feed value of shape () for Tensor serve_image_bytes_image_bytes:0" in ran.stderr
+
+
+def test_serve_with_tau_refuses_tau_outside_the_range(exported):
+    serve = tf.saved_model.load(exported.path).signatures["serve_with_tau"]
+    images = tf.constant(exported.images)
+    for tau, shown in ((100.0, "100"), (-0.5, "-0.5"), (-1e-6, "-1e-06"), (5.01, "5.01")):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=rf"tau must be in \[0, 5\]; got\] \[{shown}\]"
+        ):
+            serve(images=images, tau=tf.constant(tau, tf.float32))
+
+
+def test_serve_with_tau_at_the_largest_tau_is_finite_and_keeps_the_argmax(exported):
+    tau = TAU_RANGE[1]
+    serve = tf.saved_model.load(exported.path).signatures["serve_with_tau"]
+    outputs = {
+        key: value.numpy() for key, value in serve(images=exported.images, tau=tf.constant(tau)).items()
+    }
+    # The float64 NumPy rule on the served logits; 124^5 < e^60, so the division itself is served.
+    reference = nc_tau_calibrate(outputs["logits"], CLASS_COUNTS, tau)
+    assert np.isfinite(outputs["calibrated_logits"]).all() and np.isfinite(outputs["probabilities"]).all()
+    assert (outputs["calibrated_logits"] != 0).all()
+    np.testing.assert_allclose(outputs["calibrated_logits"], reference, rtol=1e-5)
+    np.testing.assert_array_equal(outputs["classes"], reference.argmax(-1))
+    np.testing.assert_array_equal(
+        outputs["class_names"].astype(str), np.array(CLASS_NAMES)[reference.argmax(-1)]
+    )
+    np.testing.assert_allclose(outputs["probabilities"], _softmax(reference), rtol=0, atol=1e-7)
+    assert (outputs["probabilities"].max(-1) > outputs["probabilities"].min(-1)).all()  # Not uniform.
+    # tau = 5 sends predictions to minor classes (CLASS_COUNTS fall with the class index).
+    plain = serve(images=exported.images, tau=tf.constant(0.0))["classes"].numpy()
+    assert outputs["classes"].mean() > plain.mean()
+
+
+def test_export_refuses_tau_outside_the_range(exported, tmp_path):
+    result = _python(
+        "-m", "cdt_tf.export", f"--model_dir={exported.model_dir}", f"--export_dir={tmp_path}", "--tau=-1"
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cdt_tf: error:")]
+    assert errors == ["cdt_tf: error: --tau: tau must be a finite number in [0, 5], got -1"], result.stderr
+    assert os.listdir(tmp_path) == []
+    for tau in (5.5, 100.0, -0.1, float("nan")):
+        with pytest.raises(UserError, match=r"^--tau: tau must be a finite number in \[0, 5\]"):
+            export.export_run(exported.model_dir, str(tmp_path / "run"), tau)
+        with pytest.raises(UserError, match=r"^tau must be a finite number in \[0, 5\]"):
+            export.export_model(exported.model, CLASS_COUNTS, CLASS_NAMES, str(tmp_path / "api"), tau)
+    assert os.listdir(tmp_path) == []
+    # A recorded tau outside the range is refused as well, naming where it came from.
+    model_dir = str(tmp_path / "run_dir")
+    shutil.copytree(exported.model_dir, model_dir)
+    results = {"class_counts": CLASS_COUNTS, "class_names": CLASS_NAMES, "post_hoc": {"nc_tau": {"tau": 7.0}}}
+    _write_json(os.path.join(model_dir, "results.json"), results)
+    with pytest.raises(UserError, match=r"^results.json post_hoc.nc_tau.tau: tau must be .* got 7$"):
+        export.export_run(model_dir, str(tmp_path / "run"))
+    assert sorted(os.listdir(tmp_path)) == ["run_dir"]
+
+
 def test_export_cli_on_a_missing_model_dir_is_a_one_line_error(tmp_path):
     result = _python("-m", "cdt_tf.export", f"--model_dir={tmp_path / 'missing'}", f"--export_dir={tmp_path}")
     assert result.returncode == 2, result.stdout + result.stderr
@@ -481,3 +602,36 @@ def test_pure_helpers(tmp_path):
     assert export.next_version(str(tmp_path)) == 8
     with pytest.raises(UserError, match="single lines"):
         export.check_class_names(["a", "b\nc"])
+
+
+def test_next_version_counts_what_tf_serving_reads_as_a_version(tmp_path):
+    # TF Serving reads a version from a directory name with strings::safe_strto64: leading zeros,
+    # a "-" and surrounding spaces allowed, ASCII digits only, within int64.
+    for name, version in (("1", 1), ("12", 12), ("05", 5), ("007", 7), (" 7", 7), ("8\n", 8), ("-3", -3)):
+        assert export.parse_version(name) == version, name
+    assert export.parse_version(str(2**63 - 1)) == 2**63 - 1
+    for name in (
+        "notes",
+        ".tmp-export-x",
+        "",
+        "\u00b2",
+        "\u0663",
+        "1e3",
+        "+7",
+        "1_0",
+        "0x1",
+        str(2**63),
+        "9" * 20,
+    ):
+        assert export.parse_version(name) is None, repr(name)
+    os.makedirs(tmp_path / "05")
+    # "05" is version 5 to TF Serving: a new "1".."5" would be older than it (or a duplicate).
+    assert export.next_version(str(tmp_path)) == 6
+    for name in ("\u00b2", "9" * 20, "-3", "notes"):  # Not versions, or below 1.
+        os.makedirs(tmp_path / name)
+    assert export.next_version(str(tmp_path)) == 6
+    os.makedirs(tmp_path / "negative" / "-3")
+    assert export.next_version(str(tmp_path / "negative")) == 1
+    os.makedirs(tmp_path / str(2**63 - 1))
+    with pytest.raises(UserError, match="the largest TF Serving reads"):
+        export.next_version(str(tmp_path))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli, subprocess_env
 
 RUN = (
     "--dataset=digits",
@@ -32,19 +32,15 @@ def _epochs(model_dir):
         return [json.loads(line)["epoch"] for line in f if line.strip()]
 
 
-def _command(*args):
-    return [sys.executable, "-m", "cdt_tf.main", *args]
-
-
-def _env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT}
-
-
 def test_sigkilled_run_resumes_from_its_last_epoch(tmp_path):
     model_dir = str(tmp_path / "run")
     args = (*RUN, "--epochs=12", "--decay_epochs=10", "--decay_multipliers=0.1", f"--model_dir={model_dir}")
-    process = subprocess.Popen(
-        _command(*args), cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = subprocess.Popen(  # Popen, not run_cli: the test kills it mid-training.
+        [sys.executable, "-m", "cdt_tf.main", *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while len(_epochs(model_dir)) < 3 and process.poll() is None and time.time() < deadline:
@@ -58,10 +54,9 @@ def test_sigkilled_run_resumes_from_its_last_epoch(tmp_path):
     assert backed_up >= done_before_kill[-1] - 1  # At most one finished epoch is lost.
     assert not os.path.exists(os.path.join(model_dir, "results.json"))
 
-    again = subprocess.run(
-        _command(*args), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300
-    )
+    again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert f"Resuming from epoch {backed_up + 1} (epochs 1-{backed_up} restored" in again.stdout
     epochs = _epochs(model_dir)
     resumed = epochs[len(done_before_kill) :]
     assert resumed == list(range(backed_up + 1, 13))  # Continues after the backup, not from epoch 1.
@@ -75,9 +70,7 @@ def test_nan_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path):
     model_dir = str(tmp_path / "run")
     # Epochs 1-2 train normally; from epoch 3 the learning rate is multiplied by 1e12.
     args = (*RUN, "--epochs=6", "--decay_epochs=2", "--decay_multipliers=1e12", f"--model_dir={model_dir}")
-    result = subprocess.run(
-        _command(*args), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300
-    )
+    result = run_cli(*args)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("cdt_tf: error: the training loss became NaN in epoch 3")

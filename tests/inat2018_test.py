@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from cdt_tf import config as config_lib
 from cdt_tf import datasets, input_pipeline, models
 from cdt_tf.datasets import load_source
 from cdt_tf.errors import DataError
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_module
 
 # (category id, species, supercategory), not in id order, ids not contiguous: indices follow sorted ids.
 CATEGORIES = (
@@ -193,6 +194,126 @@ def test_broken_files_raise_one_clear_error(tmp_path, break_it, fragments):
         assert fragment in message, (fragment, message)
 
 
+def _train_files(root):
+    with open(os.path.join(root, "train2018.json")) as f:
+        return [image["file_name"] for image in json.load(f)["images"]]
+
+
+def _val_files(root):
+    with open(os.path.join(root, "val2018.json")) as f:
+        return [image["file_name"] for image in json.load(f)["images"]]
+
+
+def test_every_missing_file_is_counted_before_training(tmp_path):
+    root = str(tmp_path)
+    write_inat(root)
+    train_files, val_files = _train_files(root), _val_files(root)
+    gone = train_files[3:10] + val_files[-1:]  # Not the first: every listed file is checked.
+    for file_name in gone:
+        os.remove(os.path.join(root, file_name))
+    with pytest.raises(DataError) as error:
+        load_source("inat2018", root)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("8 image files listed in train2018.json (7 of 11) and val2018.json (1 of 6) ")
+    assert "do not exist" in message and root in message and "relative to --data_dir" in message
+    assert ", ".join(gone[:5]) + " (and 3 more)" in message
+    assert gone[5] not in message
+
+
+def _break(path, contents: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(contents)
+
+
+def test_unreadable_images_are_one_error_naming_them(tmp_path):
+    root = str(tmp_path)
+    write_inat(root)
+    train_files, val_files = _train_files(root), _val_files(root)
+    _break(os.path.join(root, train_files[2]), b"")
+    _break(os.path.join(root, train_files[6]), b"<html>404 Not Found</html>")
+    _break(os.path.join(root, val_files[0]), os.urandom(300))
+    with pytest.raises(DataError) as error:
+        load_source("inat2018", root)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("3 image files listed in train2018.json (2 of 11) and val2018.json (1 of 6) ")
+    assert "not readable as images" in message and "--bad_images=skip" in message
+    assert (
+        f"{train_files[2]} (empty), {train_files[6]} (not an image), {val_files[0]} (not an image)" in message
+    )
+    with pytest.raises(DataError, match="3 image files"):
+        load_source("inat2018", root, bad_images="error")
+    with pytest.raises(DataError, match="unknown --bad_images=ignore"):
+        load_source("inat2018", root, bad_images="ignore")
+
+
+def test_skip_leaves_unreadable_images_out_and_lists_them(tmp_path, caplog):
+    root = str(tmp_path)
+    write_inat(root)
+    complete = load_source("inat2018", root)
+    assert complete.skipped_images == {}
+    train_files, val_files = _train_files(root), _val_files(root)
+    bad_train, bad_val = [train_files[2], train_files[6]], [val_files[0]]
+    _break(os.path.join(root, bad_train[0]), b"")
+    _break(os.path.join(root, bad_train[1]), b"GIF8")  # Too short for GIF's signature.
+    _break(os.path.join(root, bad_val[0]), b"\x00" * 64)
+    with caplog.at_level("WARNING"):
+        source = load_source("inat2018", root, bad_images="skip")
+    assert source.skipped_images == {"train": bad_train, "test": bad_val}
+    kept = [i for i, f in enumerate(train_files) if f not in bad_train]
+    assert source.train.ids.tolist() == [train_files[i] for i in kept]
+    np.testing.assert_array_equal(source.train.labels, complete.train.labels[kept])
+    assert source.train.paths.tolist() == [os.path.join(root, train_files[i]) for i in kept]
+    assert source.test.ids.tolist() == val_files[1:] and len(source.test.labels) == 5
+    warnings = [r.getMessage() for r in caplog.records if "--bad_images=skip" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert "3 image files" in warnings[0] and "train2018.json (2 of 11)" in warnings[0]
+    assert f"{bad_train[0]} (empty)" in warnings[0] and f"{bad_val[0]} (not an image)" in warnings[0]
+    # Missing files are an error with either policy.
+    os.remove(os.path.join(root, train_files[0]))
+    with pytest.raises(DataError, match="1 image file listed in train2018.json \\(1 of 11\\) does not exist"):
+        load_source("inat2018", root, bad_images="skip")
+
+
+def test_image_file_problem_reads_the_first_bytes(tmp_path):
+    image = np.zeros((4, 4, 3), np.uint8)
+    contents = {
+        "a.jpg": tf.io.encode_jpeg(image).numpy(),
+        "a.png": tf.io.encode_png(image).numpy(),
+        "a.gif": b"GIF89a" + bytes(20),
+        "a.bmp": b"BM" + bytes(60),
+        "a.webp": b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(10),
+        "empty.jpg": b"",
+        "text.jpg": b"not an image",
+        "riff.jpg": b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(10),
+    }
+    for name, data in contents.items():
+        _break(str(tmp_path / name), data)
+    os.makedirs(tmp_path / "folder.jpg")
+    problems = {name: datasets.image_file_problem(str(tmp_path / name)) for name in contents}
+    assert problems == {
+        **{f"a.{ext}": "" for ext in ("jpg", "png", "gif", "bmp", "webp")},
+        "empty.jpg": "empty",
+        "text.jpg": "not an image",
+        "riff.jpg": "not an image",
+    }
+    assert datasets.image_file_problem(str(tmp_path / "nope.jpg")) == datasets.MISSING
+    assert datasets.image_file_problem(str(tmp_path / "a.jpg" / "x.jpg")) == datasets.MISSING
+    assert datasets.image_file_problem(str(tmp_path / "folder.jpg")).startswith("unreadable")
+    # The threaded check keeps the order (more paths than one chunk).
+    paths = [str(tmp_path / name) for name in ("a.jpg", "empty.jpg", "nope.jpg")] * 3000
+    assert datasets.check_image_files(paths) == ["", "empty", datasets.MISSING] * 3000
+
+
+def test_a_missing_data_dir_is_named(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_source("inat2018", str(tmp_path / "nope"))
+    message = str(error.value)
+    assert f"--data_dir {tmp_path / 'nope'} does not exist" in message and "train2018.json" in message
+    assert not os.path.exists(tmp_path / "nope")
+
+
 def test_without_json_or_tfds_data_the_error_names_both(tmp_path):
     with pytest.raises(DataError) as error:
         load_source("inat2018", str(tmp_path))
@@ -323,6 +444,49 @@ def test_file_train_pipeline_shapes_and_determinism(inat_root):
         input_pipeline.build_file_train_dataset(split.paths, split.labels, 64, 0, 32)
 
 
+def _truncated_copy(source_path: str, path: str) -> None:
+    """A JPEG cut in half: its first bytes pass the load-time check, its decoding fails."""
+    with open(source_path, "rb") as f:
+        data = f.read()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"augmentation": "none"}, {"sampler": "class_balanced"}],
+    ids=["crop_flip", "none", "balanced"],
+)
+def test_file_train_pipeline_drops_an_image_that_fails_to_decode(inat_root, tmp_path, kwargs):
+    root, _ = inat_root
+    split = load_source("inat2018", root).train
+    truncated = str(tmp_path / "truncated.jpg")
+    _truncated_copy(split.paths[0], truncated)
+    assert datasets.image_file_problem(truncated) == ""
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        input_pipeline.random_resized_crop_flip(tf.io.read_file(truncated), tf.constant([1, 2]), 32)
+    paths = np.array([truncated] + split.paths[1:].tolist())  # 11 files, the first one truncated.
+    dataset = input_pipeline.build_file_train_dataset(paths, split.labels, 5, 0, 32, **kwargs)
+    if kwargs.get("sampler") == "class_balanced":
+        batches = list(dataset.take(6))  # Endless; draws the truncated file (1 of 4 in its class) too.
+        assert len(batches) == 6
+    else:
+        batches = list(dataset)
+        assert len(batches) == 2  # 10 decodable images: two full batches.
+    assert all(images.shape == (5, 32, 32, 3) for images, _ in batches)
+
+
+def test_record_train_pipeline_drops_a_record_that_fails_to_decode(inat_root):
+    root, _ = inat_root
+    split = load_source("inat2018", root).train
+    encoded = [tf.io.read_file(p).numpy() for p in split.paths]
+    encoded[4] = encoded[4][: len(encoded[4]) // 2]
+    records = tf.data.Dataset.from_tensor_slices((encoded, split.labels))
+    batches = list(input_pipeline.build_record_train_dataset(records, 5, 0, 32, shuffle_buffer=11))
+    assert len(batches) == 2 and batches[0][0].shape == (5, 32, 32, 3)
+
+
 def test_file_eval_pipeline_keeps_order_and_every_image(inat_root):
     root, _ = inat_root
     test = load_source("inat2018", root).test
@@ -352,7 +516,7 @@ def test_resnet50():
 
 def test_auto_model_and_augmentation():
     config = config_lib.Config(dataset="inat2018", model_dir="/tmp/x")
-    assert config.model_name == "resnet50" and config.augmentation_name == "crop_flip"
+    assert config.resolved_model == "resnet50" and config.resolved_augmentation == "crop_flip"
 
 
 def test_cli_run_records_the_class_mapping(cli, inat_root, tmp_path):
@@ -372,19 +536,71 @@ def test_cli_run_records_the_class_mapping(cli, inat_root, tmp_path):
         f"--model_dir={model_dir}",
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "top-1" in result.stdout and "--stats_every is skipped" in result.stderr
+    assert "top-1" in result.stdout
+    # The Fig. 7 statistics work on file-based runs too (one feature pass over tf.data pipelines).
+    assert os.listdir(os.path.join(model_dir, "logs", "stats"))
     with open(os.path.join(model_dir, "classes.json")) as f:
         classes = json.load(f)
     assert [c["category_id"] for c in classes["classes"]] == SORTED_IDS
     assert [c["index"] for c in classes["classes"]] == [0, 1, 2]
     with open(os.path.join(model_dir, "subset.json")) as f:
         subset = json.load(f)
-    assert "ids" not in subset and subset["class_counts"] == [3, 3, 2] and subset["num_images"] == 8
+    assert subset["ids"] is None and subset["class_counts"] == [3, 3, 2] and subset["num_images"] == 8
+    assert subset["holdout_hash"] and subset["holdout_ids"] is None
     with open(os.path.join(model_dir, "results.json")) as f:
         results = json.load(f)
     assert results["num_train_images"] == 8 and results["num_test_images"] == 6
     assert results["post_hoc"]["nc_tau"]["selected_on"] == "holdout"
     assert len(results["per_class_accuracy"]) == 3
+
+    # Every report works on a run whose images are read from files.
+    for module, args in (
+        ("cdt_tf.post_hoc", ()),
+        ("cdt_tf.analyze", ("--num_rounds=5", "--tsne_per_class=2")),
+        ("cdt_tf.retrain_classifier", ("--epochs=1",)),
+    ):
+        ran = run_module(module, f"--model_dir={model_dir}", *args)
+        assert ran.returncode == 0, f"{module}: {ran.stderr[-2000:]}"
+    with open(os.path.join(model_dir, "results.json")) as f:
+        assert "crt" in json.load(f)["post_hoc"]
+    assert os.path.exists(os.path.join(model_dir, "analysis", "analysis.json"))
+
+
+def test_bad_images_flag():
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    values(["prog", "--dataset=inat2018", "--model_dir=/tmp/x"])
+    assert config_lib.Config.from_flags(values).bad_images == "error"
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    values(["prog", "--dataset=inat2018", "--model_dir=/tmp/x", "--bad_images=skip"])
+    assert config_lib.Config.from_flags(values).bad_images == "skip"
+    with pytest.raises(flags.IllegalFlagValueError):
+        values["bad_images"].parse("ignore")
+
+
+def test_cli_stops_on_bad_files_before_training(cli, tmp_path):
+    root = str(tmp_path / "inat")
+    os.makedirs(root)
+    write_inat(root)
+    train_files = _train_files(root)
+    os.remove(os.path.join(root, train_files[4]))
+    _break(os.path.join(root, train_files[7]), b"garbage")
+    args = ("--dataset=inat2018", f"--data_dir={root}", "--model=resnet20", "--image_size=32", "--epochs=1")
+    result = cli(*args, f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cdt_tf: error:")]
+    assert len(errors) == 1 and "1 image file listed in train2018.json (1 of 11) does not exist" in errors[0]
+    assert train_files[4] in errors[0] and "Epoch" not in result.stdout
+    with open(os.path.join(root, train_files[4]), "wb") as f:
+        f.write(b"")
+    result = cli(*args, f"--model_dir={tmp_path / 'run2'}")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cdt_tf: error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert (
+        "2 image files listed in train2018.json (2 of 11)" in errors[0] and "--bad_images=skip" in errors[0]
+    )
+    assert f"{train_files[4]} (empty), {train_files[7]} (not an image)" in errors[0]
 
 
 @pytest.mark.parametrize("method", ["ce", "cdt"])
@@ -396,7 +612,7 @@ def test_flagfiles_hold_the_table_3_recipe(method):
     config_lib.define_flags(values)
     values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x"])
     config = config_lib.Config.from_flags(values)
-    assert (config.dataset, config.imbalance, config.model_name, config.loss) == (
+    assert (config.dataset, config.imbalance, config.resolved_model, config.loss) == (
         "inat2018",
         "none",
         "resnet50",
@@ -406,3 +622,36 @@ def test_flagfiles_hold_the_table_3_recipe(method):
     assert config.decay_epochs == (30, 60, 80) and config.decay_multipliers == (0.1, 0.01, 0.001)
     if method == "cdt":
         assert (config.gamma_schedule, config.gamma_epoch) == ("step", 45) and config.gamma > 0
+
+
+def test_an_undecodable_test_image_stops_in_one_line_and_keeps_the_training(cli, inat_root, tmp_path):
+    root = str(tmp_path / "inat")
+    shutil.copytree(inat_root[0], root)
+    source = load_source("inat2018", root)
+    victim = source.test.paths[0]
+    original = open(victim, "rb").read()
+    _truncated_copy(victim, victim)  # Passes the header check, fails to decode.
+    model_dir = str(tmp_path / "run")
+    args = (
+        "--dataset=inat2018",
+        f"--data_dir={root}",
+        "--model=resnet20",
+        "--image_size=32",
+        "--epochs=1",
+        "--batch_size=4",
+        "--eval_every=1",
+        f"--model_dir={model_dir}",
+    )
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cdt_tf: error: training stopped on unreadable data"), last
+    assert "run the same command again" in last and "Traceback" not in result.stderr
+    assert os.path.exists(os.path.join(model_dir, "backup", "training_metadata.json"))  # The epoch is kept.
+
+    with open(victim, "wb") as f:
+        f.write(original)
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Resuming from epoch 2" in again.stdout and "Epoch 1/1" not in again.stdout
+    assert os.path.exists(os.path.join(model_dir, "results.json"))

@@ -205,3 +205,80 @@ def test_model_saved_with_cdt_loss_reloads_with_loss_config(tmp_path):
     assert isinstance(restored.loss, CDTLoss)
     _assert_same_loss(restored.loss, COUNTS, 0.4)
     np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- soft labels [B, C]
+
+# Mixup-style rows (one-hot, pairs, a spread) summing to 1.
+SOFT_LABELS = np.array(
+    [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 0.7, 0.0, 0.3],
+        [0.25, 0.25, 0.25, 0.25],
+        [0.0, 0.0, 0.6, 0.4],
+        [0.1, 0.0, 0.9, 0.0],
+        [0.0, 0.5, 0.5, 0.0],
+    ],
+    np.float32,
+)
+
+
+def reference_soft_per_example(targets, logits, counts, gamma):
+    """-sum_c q_c log softmax(z / a)_c, in float64."""
+    scaled = np.asarray(logits, np.float64) / reference_temperatures(counts, gamma)
+    scaled = scaled - scaled.max(1, keepdims=True)
+    log_probs = scaled - np.log(np.exp(scaled).sum(1, keepdims=True))
+    return -(np.asarray(targets, np.float64) * log_probs).sum(1)
+
+
+def test_soft_label_cdt_exact_values():
+    # a = (400 / N_c)^0.5 = [1, 2, 4, 5]; z = a * log([1, 2, 3, 4]) makes softmax(z / a) = [1, 2, 3, 4] / 10.
+    temperatures = np.array([1.0, 2.0, 4.0, 5.0])
+    logits = (temperatures * np.log([1.0, 2.0, 3.0, 4.0]))[None].repeat(2, 0).astype(np.float32)
+    targets = np.array([[0.5, 0.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.8]], np.float32)
+    expected = [-(0.5 * np.log(0.1) + 0.5 * np.log(0.3)), -(0.2 * np.log(0.2) + 0.8 * np.log(0.4))]
+    got = keras.ops.convert_to_numpy(cdt_cross_entropy(targets, logits, temperatures.astype(np.float32)))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        float(CDTLoss(COUNTS, gamma=0.5)(targets, logits)), np.mean(expected), rtol=1e-6
+    )
+    # Uniform logits: log C whatever the (normalised) label.
+    np.testing.assert_allclose(
+        float(CDTLoss(COUNTS, gamma=0.5)(SOFT_LABELS, np.zeros_like(LOGITS))), np.log(4.0), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
+def test_soft_label_cdt_against_reference(gamma):
+    expected = reference_soft_per_example(SOFT_LABELS, LOGITS, COUNTS, gamma)
+    temperatures = reference_temperatures(COUNTS, gamma).astype(np.float32)
+    got = keras.ops.convert_to_numpy(cdt_cross_entropy(SOFT_LABELS, LOGITS, temperatures))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(CDTLoss(COUNTS, gamma)(SOFT_LABELS, LOGITS)), expected.mean(), rtol=1e-5)
+
+
+def test_soft_label_cdt_sample_weight_and_sum_reduction():
+    weights = np.array([1.0, 0.0, 2.0, 0.5, 1.0, 3.0], np.float32)
+    per_example = reference_soft_per_example(SOFT_LABELS, LOGITS, COUNTS, 0.5)
+    got = float(CDTLoss(COUNTS, gamma=0.5)(SOFT_LABELS, LOGITS, sample_weight=weights))
+    np.testing.assert_allclose(got, (per_example * weights).sum() / len(weights), rtol=1e-5)
+    got = float(CDTLoss(COUNTS, gamma=0.5, reduction="sum")(SOFT_LABELS, LOGITS))
+    np.testing.assert_allclose(got, per_example.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_one_hot_soft_labels_give_the_sparse_cdt_loss(gamma):
+    one_hot = np.eye(4, dtype=np.float32)[LABELS]
+    loss = CDTLoss(COUNTS, gamma=gamma)
+    np.testing.assert_allclose(float(loss(one_hot, LOGITS)), float(loss(LABELS, LOGITS)), rtol=1e-6)
+
+
+def test_soft_labels_in_a_compiled_training_step():
+    """model.fit with float [B, C] labels: the loss Keras logs is the soft-label CDT of the model's logits."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=CDTLoss(COUNTS, gamma=0.5))
+    history = model.fit(LOGITS, SOFT_LABELS, batch_size=len(LOGITS), epochs=1, verbose=0)
+    z = keras.ops.convert_to_numpy(model(LOGITS))
+    expected = reference_soft_per_example(SOFT_LABELS, z, COUNTS, 0.5).mean()
+    np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)

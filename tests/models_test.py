@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -19,6 +18,7 @@ from cdt_tf.models import (
     digits_convnet,
     feature_extractor,
 )
+from conftest import run_command
 
 
 def _trainable_count(model):
@@ -304,11 +304,5 @@ def test_same_global_seed_same_initial_weights_in_fresh_processes():
         "import keras, numpy as np; from cdt_tf import models; keras.utils.set_random_seed(3); "
         "print(float(np.abs(models.cifar_resnet(20, 10).get_weights()[0]).sum()))"
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    outputs = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-        .stdout.strip()
-        .splitlines()[-1]
-        for _ in range(2)
-    ]
+    outputs = [run_command(sys.executable, "-c", code).stdout.strip().splitlines()[-1] for _ in range(2)]
     assert outputs[0] == outputs[1]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from cdt_tf import post_hoc, retrain_classifier
+from cdt_tf import diagnosis, post_hoc, retrain_classifier
 from cdt_tf.errors import UserError
+from cdt_tf.features import Features
 
 COUNTS = [300, 60, 12]
 
@@ -19,12 +22,12 @@ def synthetic_split(n_per_class, bias, seed, dim=6):
     features = centres[labels] + rng.normal(scale=1.2, size=(len(labels), dim))
     kernel = centres.T * np.array([1.5, 1.0, 0.6])  # ||w_c|| shrinks with N_c, as in ERM.
     logits = features @ kernel + bias
-    return {"features": features, "logits": logits, "labels": labels}, kernel
+    return Features(features, logits, labels), kernel
 
 
 def test_rules_match_their_formulas():
     split, kernel = synthetic_split(5, np.zeros(3), 0)
-    z, f = split["logits"], split["features"]
+    z, f = split.logits, split.features
     np.testing.assert_allclose(post_hoc.nc_tau(z, f, kernel, COUNTS, 0.5), z / np.sqrt(COUNTS))
     norms = np.linalg.norm(kernel, axis=0)
     np.testing.assert_allclose(post_hoc.w_norm(z, f, kernel, COUNTS, 1.0), f @ (kernel / norms))
@@ -38,9 +41,9 @@ def test_rules_match_their_formulas():
 def test_ncm_uses_normalised_training_means():
     features = np.array([[2.0, 0.0], [4.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
     labels = np.array([0, 0, 1, 1])
-    centres = post_hoc.class_means(features, labels, 2)
+    centres = diagnosis.class_means(diagnosis.l2_normalize(features), labels, 2)
     np.testing.assert_allclose(centres, [[1.0, 0.0], [0.0, 1.0]])
-    scores = post_hoc.ncm_scores(np.array([[5.0, 1.0], [1.0, 5.0]]), centres)
+    scores = diagnosis.nearest_center_scores(np.array([[5.0, 1.0], [1.0, 5.0]]), centres)
     assert scores.argmax(1).tolist() == [0, 1]
 
 
@@ -57,7 +60,7 @@ def test_selection_on_holdout_is_labelled_and_never_looks_at_test():
         best = int(np.argmax(entry["sweep"]["top1"]))
         assert entry["tau"] == post_hoc.TAU_GRID[best]
     # Changing the test labels must not change a held-out choice.
-    scrambled = dict(test, labels=np.roll(test["labels"], 7))
+    scrambled = dataclasses.replace(test, labels=np.roll(test.labels, 7))
     again = post_hoc.evaluate_post_hoc(COUNTS, kernel, "linear", train, scrambled, holdout)
     assert {m: e["tau"] for m, e in again.items()} == {m: e["tau"] for m, e in section.items()}
 
@@ -111,10 +114,10 @@ def test_plot_and_text_table(tmp_path):
 def test_retrained_classifier_learns_separable_features(sampler):
     split, _ = synthetic_split(40, np.zeros(3), 4)
     kernel, bias = retrain_classifier.train_linear_classifier(
-        split["features"], split["labels"], 3, sampler=sampler, epochs=20, batch_size=32
+        split.features, split.labels, 3, sampler=sampler, epochs=20, batch_size=32
     )
     assert kernel.shape == (6, 3) and bias.shape == (3,)
-    accuracy = ((split["features"] @ kernel + bias).argmax(1) == split["labels"]).mean()
+    accuracy = ((split.features @ kernel + bias).argmax(1) == split.labels).mean()
     assert accuracy > 0.9
 
 

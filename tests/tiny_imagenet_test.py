@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from cdt_tf import class_stats, datasets, input_pipeline, models
+from cdt_tf import catalog, class_stats, datasets, input_pipeline, models
 from cdt_tf import config as config_lib
 from cdt_tf.datasets import load_source
 from cdt_tf.errors import DataError
@@ -183,6 +183,31 @@ def test_broken_folders_raise_one_clear_error(tmp_path, break_it, fragments):
         assert fragment in message, (fragment, message)
 
 
+def test_skip_leaves_unreadable_images_out(tmp_path):
+    root = str(tmp_path)
+    write_tiny_imagenet(root)
+    bad_train = os.path.join("train", WNIDS[1], "images", f"{WNIDS[1]}_3.JPEG")
+    bad_val = os.path.join("val", "images", "val_4.JPEG")
+    for rel, data in ((bad_train, b""), (bad_val, b"<html>")):
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(data)
+    source = load_source("tiny_imagenet", root, bad_images="skip")
+    assert source.skipped_images == {"train": [bad_train], "test": [bad_val]}
+    assert bad_train not in source.train.ids.tolist() and len(source.train.ids) == 3 * TRAIN_PER_CLASS - 1
+    np.testing.assert_array_equal(np.bincount(source.train.labels), [6, 5, 6])
+    np.testing.assert_array_equal(source.test.labels, [1, 0, 2, 1, 2])  # val_4 (class 0) is left out.
+    assert source.train.images().shape == (17, 64, 64, 3) and source.test.images().shape == (5, 64, 64, 3)
+    with pytest.raises(DataError, match=f"{WNIDS[1]}_3.JPEG"):  # "error": decoding names the file.
+        load_source("tiny_imagenet", root).train.images()
+
+
+def test_a_data_dir_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(
+        DataError, match=f"--data_dir {tmp_path / 'nope'} does not exist; .*tiny-imagenet-200"
+    ):
+        load_source("tiny_imagenet", str(tmp_path / "nope"))
+
+
 def test_needs_data_dir():
     with pytest.raises(DataError, match="needs --data_dir"):
         load_source("tiny_imagenet", None)
@@ -223,8 +248,8 @@ def test_resnet18_for_64x64():
 
 def test_auto_model_and_augmentation():
     config = config_lib.Config(dataset="tiny_imagenet", model_dir="/tmp/x", data_dir="/data")
-    assert config.model_name == "resnet18" and config.augmentation_name == "crop_flip"
-    assert set(config_lib.MODEL_NAMES) == set(models.MODEL_NAMES)
+    assert config.resolved_model == "resnet18" and config.resolved_augmentation == "crop_flip"
+    assert set(catalog.MODEL_NAMES) == set(models.MODEL_NAMES)
 
 
 def test_cli_long_tailed_run(cli, tiny_root, tmp_path):
@@ -269,7 +294,7 @@ def test_flagfiles_hold_the_table_4_recipe(method, loss):
         100,
         loss,
     )
-    assert (config.model_name, config.epochs, config.batch_size, config.learning_rate) == (
+    assert (config.resolved_model, config.epochs, config.batch_size, config.learning_rate) == (
         "resnet18",
         400,
         128,

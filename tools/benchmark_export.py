@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from cdt_tf import export, models  # noqa: E402
-from cdt_tf.analyze import load_model, read_run_dir  # noqa: E402
+from cdt_tf.rundir import load_model, read_finished  # noqa: E402
 
 flags.DEFINE_string("model", "digits_convnet", f"Network to time, untrained: one of {models.MODEL_NAMES}.")
 flags.DEFINE_integer("num_classes", 10, "Classes of the untrained --model.")
@@ -59,7 +59,7 @@ def median_seconds(function, calls: int, warmup: int) -> float:
 def build(flag_values):
     """(model, class_counts, class_names, description)."""
     if flag_values.model_dir:
-        _, _, results = read_run_dir(flag_values.model_dir)
+        _, _, results = read_finished(flag_values.model_dir)
         model = load_model(os.path.join(flag_values.model_dir, "model.keras"))
         return model, results["class_counts"], results["class_names"], flag_values.model_dir
     size = flag_values.image_size or (8 if flag_values.model == "digits_convnet" else 32)

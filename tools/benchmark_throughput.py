@@ -20,18 +20,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from cdt_tf import catalog, distribution, input_pipeline, models, run_data, train  # noqa: E402
 from cdt_tf import config as config_lib  # noqa: E402
-from cdt_tf import input_pipeline, models, train  # noqa: E402
 from cdt_tf.optimizers import CoupledDecaySGD  # noqa: E402
 
 flags.DEFINE_string("data_dir", "../shared/data/cifar10-jpeg", "CIFAR-10 image folder or TFDS data_dir.")
 flags.DEFINE_string("model", "resnet32", "Network to time.")
-flags.DEFINE_enum("loss", "cdt", config_lib.LOSSES, "Training objective.")
+flags.DEFINE_enum("loss", "cdt", catalog.LOSSES, "Training objective.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("train_steps", 60, "Timed training steps.")
 flags.DEFINE_integer("pipeline_epochs", 3, "Timed passes over the input pipeline.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_string("precision", "float32", "Keras dtype policy, e.g. mixed_bfloat16.")
+flags.DEFINE_enum(
+    "precision",
+    None,
+    catalog.PRECISIONS,
+    "Precision to time (resolved as cdt_tf.main's --precision). Default: the CLI's default.",
+)
 flags.DEFINE_bool(
     "keras_batchnorm", False, "Use keras.layers.BatchNormalization instead of the fused TensorFlow kernel."
 )
@@ -50,8 +55,8 @@ def main(_):
         batch_size=FLAGS.batch_size,
     ).validate()
     keras.utils.set_random_seed(0)
-    source, indices, labels, class_counts, _ = train.load_data(config)
-    images = source.train.images(indices)
+    data = run_data.load(config)
+    images, labels, class_counts = data.images("train"), data.labels("train"), data.class_counts
     dataset = input_pipeline.build_train_dataset(images, labels, FLAGS.batch_size, "crop_flip", 0)
 
     for _ in dataset:  # Fills the cache.
@@ -63,10 +68,11 @@ def main(_):
     pipeline_rate = seen / (time.time() - start)
     print(f"input pipeline alone: {pipeline_rate:,.0f} images/s ({seen} images)", flush=True)
 
-    keras.mixed_precision.set_global_policy(FLAGS.precision)
+    requested = FLAGS.precision or config_lib.Config.precision  # The dataclass default is the CLI's.
+    precision = distribution.set_precision(distribution.machine_precision(requested))
     if FLAGS.keras_batchnorm:
         models.FusedBatchNormalization = keras.layers.BatchNormalization
-    model = models.build_model(FLAGS.model, 10, images.shape[1:], source.mean, source.std)
+    model = models.build_model(FLAGS.model, 10, images.shape[1:], *data.normalization())
     model.compile(
         optimizer=CoupledDecaySGD(coupled_weight_decay=2e-4, learning_rate=0.1, momentum=0.9),
         loss=train.build_loss(config, class_counts),
@@ -78,7 +84,10 @@ def main(_):
     start = time.time()
     model.fit(repeated, steps_per_epoch=FLAGS.train_steps, epochs=1, verbose=0)
     train_rate = FLAGS.train_steps * FLAGS.batch_size / (time.time() - start)
-    variant = f"{FLAGS.precision}, jit_compile={FLAGS.jit_compile}, keras_batchnorm={FLAGS.keras_batchnorm}"
+    variant = (
+        f"{precision} (--precision={requested}), jit_compile={FLAGS.jit_compile}, "
+        f"keras_batchnorm={FLAGS.keras_batchnorm}"
+    )
     print(
         f"{FLAGS.model} training ({FLAGS.loss}, batch {FLAGS.batch_size}, {variant}): "
         f"{train_rate:,.0f} images/s",

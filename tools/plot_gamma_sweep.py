@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from cdt_tf.analyze import read_json  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
+from cdt_tf.rundir import read_json  # noqa: E402
 
 flags.DEFINE_list(
     "runs", None, "Run directories (comma-separated) of one dataset, ERM and CDT with any gamma."
@@ -51,15 +51,11 @@ def train_accuracy(run_dir: str) -> np.ndarray:
     print(
         f"{run_dir}: no analysis/analysis.json; computing the training accuracy from model.keras", flush=True
     )
-    from cdt_tf import analyze, evaluate
-    from cdt_tf.errors import UserError
+    from cdt_tf import evaluate, features, rundir
 
-    try:
-        run = analyze.load_run(run_dir)
-    except UserError as error:
-        raise UserError(str(error)) from error
-    _, logits = analyze.extract(run.model, run.train_images, run.train_labels)
-    return evaluate.per_class_accuracy(logits.argmax(1), run.train_labels, len(run.class_names))
+    run = rundir.load_finished(run_dir)
+    train = features.extract(run.model, run.data.eval_dataset("train"), run.data.labels("train"))
+    return evaluate.per_class_accuracy(train.logits.argmax(1), train.labels, len(run.class_names))
 
 
 def collect(run_dirs: list[str]):

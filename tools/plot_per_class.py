@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from cdt_tf.analyze import read_json  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
+from cdt_tf.rundir import read_json  # noqa: E402
 
 flags.DEFINE_list("runs", None, "Run directories (comma-separated), each holding results.json.")
 flags.DEFINE_string("out", "per_class_accuracy.png", "Output PNG.")

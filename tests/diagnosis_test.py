@@ -1,15 +1,15 @@
-"""Tests of cdt_tf.analysis: pure NumPy, so this file never imports TensorFlow."""
+"""Tests of cdt_tf.diagnosis: pure NumPy, so this file never imports TensorFlow."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 
-from cdt_tf import analysis
+from cdt_tf import class_stats, diagnosis
+from conftest import run_command
 
 CIFAR10_LT100_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
@@ -53,7 +53,7 @@ def _loop_deviation(train, train_labels, test, test_labels, num_rounds, sample_s
 def test_feature_deviation_matches_a_loop_with_the_same_draws(sample_size):
     train, train_labels = _features([40, 17, 9, 7], shift=0.3)
     test, test_labels = _features([11, 11, 11, 11], seed=1, shift=0.3)
-    got = analysis.feature_deviation(train, train_labels, test, test_labels, 37, sample_size, seed=5)
+    got = diagnosis.feature_deviation(train, train_labels, test, test_labels, 37, sample_size, seed=5)
     expected = _loop_deviation(train, train_labels, test, test_labels, 37, sample_size or 7, seed=5)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
@@ -61,10 +61,10 @@ def test_feature_deviation_matches_a_loop_with_the_same_draws(sample_size):
 def test_feature_deviation_does_not_depend_on_the_chunking(monkeypatch):
     train, train_labels = _features([60, 25, 10])
     test, test_labels = _features([10, 10, 10], seed=1)
-    whole = analysis.feature_deviation(train, train_labels, test, test_labels, 50, seed=2)
-    monkeypatch.setattr(analysis, "CHUNK_ELEMENTS", 300)  # A few rounds per step.
+    whole = diagnosis.feature_deviation(train, train_labels, test, test_labels, 50, seed=2)
+    monkeypatch.setattr(diagnosis, "CHUNK_ELEMENTS", 300)  # A few rounds per step.
     np.testing.assert_allclose(
-        analysis.feature_deviation(train, train_labels, test, test_labels, 50, seed=2), whole, rtol=1e-12
+        diagnosis.feature_deviation(train, train_labels, test, test_labels, 50, seed=2), whole, rtol=1e-12
     )
 
 
@@ -73,7 +73,7 @@ def test_feature_deviation_statistically_matches_uniform_subsampling_without_rep
     # is sqrt((N - K) / (N - 1)) = 0.89 times smaller without replacement than with it.
     train, train_labels = _features([20], dim=16)
     test, test_labels = _features([400], dim=16, seed=1)
-    got = analysis.feature_deviation(train, train_labels, test, test_labels, 3000, sample_size=5, seed=0)[0]
+    got = diagnosis.feature_deviation(train, train_labels, test, test_labels, 3000, sample_size=5, seed=0)[0]
     unit_train, test_mean = _unit(train), _unit(test).mean(0)
     rng = np.random.default_rng(123)
 
@@ -97,14 +97,14 @@ def test_sample_size_equal_to_the_class_size_gives_the_distance_of_the_full_mean
         np.linalg.norm(_unit(train[train_labels == c]).mean(0) - _unit(test[test_labels == c]).mean(0))
         for c in range(3)
     ]
-    got = analysis.feature_deviation(train, train_labels, test, test_labels, num_rounds=10)
+    got = diagnosis.feature_deviation(train, train_labels, test, test_labels, num_rounds=10)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     np.testing.assert_allclose(
-        got, analysis.mean_deviation(train, train_labels, test, test_labels, 3), rtol=1e-12
+        got, diagnosis.mean_deviation(train, train_labels, test, test_labels, 3), rtol=1e-12
     )
     # K == N_c for one class only: that class is exact, whatever the rounds.
     uneven, uneven_labels = _features([8, 3])
-    got = analysis.feature_deviation(
+    got = diagnosis.feature_deviation(
         uneven, uneven_labels, test[test_labels < 2], test_labels[test_labels < 2], 7
     )
     assert got[1] == pytest.approx(
@@ -116,7 +116,7 @@ def test_sample_size_equal_to_the_class_size_gives_the_distance_of_the_full_mean
 def test_a_class_with_one_image():
     train, train_labels = _features([6, 1], shift=1.0)
     test, test_labels = _features([5, 5], seed=1, shift=1.0)
-    got = analysis.feature_deviation(train, train_labels, test, test_labels, num_rounds=2000)
+    got = diagnosis.feature_deviation(train, train_labels, test, test_labels, num_rounds=2000)
     unit_train, unit_test = _unit(train), _unit(test)
     test_means = [unit_test[test_labels == c].mean(0) for c in (0, 1)]
     # K = 1: class 1's only image is every round's sub-sample.
@@ -132,23 +132,23 @@ def test_normalisation_makes_it_scale_free_and_zero_features_stay_finite():
     test, test_labels = _features([6, 6], seed=1)
     scales = np.random.default_rng(3).uniform(0.1, 10.0, size=(len(train), 1))
     np.testing.assert_allclose(
-        analysis.feature_deviation(train * scales, train_labels, test, test_labels, 20),
-        analysis.feature_deviation(train, train_labels, test, test_labels, 20),
+        diagnosis.feature_deviation(train * scales, train_labels, test, test_labels, 20),
+        diagnosis.feature_deviation(train, train_labels, test, test_labels, 20),
         rtol=1e-9,
     )
     train[0] = 0.0  # An all-zero ReLU output.
-    assert np.isfinite(analysis.feature_deviation(train, train_labels, test, test_labels, 20)).all()
+    assert np.isfinite(diagnosis.feature_deviation(train, train_labels, test, test_labels, 20)).all()
 
 
 def test_missing_classes_give_nan_and_bad_arguments_raise():
     train, train_labels = _features([5, 0, 4])
     test, test_labels = _features([3, 3, 0], seed=1)
-    got = analysis.feature_deviation(train, train_labels, test, test_labels, 10, num_classes=4)
+    got = diagnosis.feature_deviation(train, train_labels, test, test_labels, 10, num_classes=4)
     assert np.isfinite(got[0]) and np.isnan(got[1:]).all()  # No train (1, 3) or no test (2) features.
     with pytest.raises(ValueError, match="class 2 has 4"):
-        analysis.feature_deviation(train, train_labels, test, test_labels, 10, sample_size=5)
+        diagnosis.feature_deviation(train, train_labels, test, test_labels, 10, sample_size=5)
     with pytest.raises(ValueError, match="num_rounds"):
-        analysis.feature_deviation(train, train_labels, test, test_labels, 0)
+        diagnosis.feature_deviation(train, train_labels, test, test_labels, 0)
 
 
 def test_feature_deviation_is_fast_on_cifar10_lt_sized_features():
@@ -159,7 +159,7 @@ def test_feature_deviation_is_fast_on_cifar10_lt_sized_features():
     test = rng.normal(size=(len(test_labels), 64)).astype(np.float32)
     assert len(train) == 12406
     start = time.perf_counter()
-    deviation = analysis.feature_deviation(train, train_labels, test, test_labels, num_rounds=1000)
+    deviation = diagnosis.feature_deviation(train, train_labels, test, test_labels, num_rounds=1000)
     seconds = time.perf_counter() - start
     assert np.isfinite(deviation).all()
     assert seconds < 2.0, f"R=1000 on 12,406 x 64 features took {seconds:.2f} s"
@@ -170,21 +170,21 @@ def test_feature_deviation_is_fast_on_cifar10_lt_sized_features():
 
 def test_classifier_norms():
     kernel = np.array([[3.0, 0.0, 1.0], [4.0, -1.0, 1.0]])  # [D=2, C=3]
-    np.testing.assert_allclose(analysis.classifier_norms(kernel), [5.0, 1.0, np.sqrt(2.0)])
+    np.testing.assert_allclose(diagnosis.classifier_norms(kernel), [5.0, 1.0, np.sqrt(2.0)])
 
 
 def test_decision_value_confusion():
     logits = np.array([[2.0, -1.0, 0.0], [4.0, 1.0, 0.0], [0.5, 3.0, -2.0], [1.0, 1.0, 1.0]])
     labels = np.array([0, 0, 1, 1])
     expected = np.array([[3.0, 0.0, 0.0], [0.75, 2.0, -0.5], [np.nan] * 3])
-    np.testing.assert_allclose(analysis.decision_value_confusion(logits, labels, 3), expected)
+    np.testing.assert_allclose(diagnosis.decision_value_confusion(logits, labels, 3), expected)
 
 
 def test_prediction_confusion():
     predictions = np.array([0, 0, 1, 2, 1, 1, 1])
     labels = np.array([0, 0, 0, 0, 1, 1, 2])
     expected = np.array([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [np.nan] * 3])
-    got = analysis.prediction_confusion(predictions, labels, 4)[:, :3]
+    got = diagnosis.prediction_confusion(predictions, labels, 4)[:, :3]
     np.testing.assert_allclose(got, expected)
 
 
@@ -193,7 +193,7 @@ def test_nearest_center_accuracy_uses_normalised_features_and_centres():
     # Unnormalised, [3, 2.5] is nearer to centre 1 in Euclidean distance; normalised, to centre 0.
     features = np.array([[3.0, 2.5], [0.1, 5.0], [1.0, 0.2], [-1.0, 3.0], [2.0, 1.0]])
     labels = np.array([0, 1, 1, 1, 2])  # Predictions: 0, 1, 0, 1, 0.
-    top1, per_class = analysis.nearest_center_accuracy(features, labels, centers)
+    top1, per_class = diagnosis.nearest_center_accuracy(features, labels, centers)
     assert top1 == pytest.approx(3 / 5)
     np.testing.assert_allclose(per_class, [1.0, 2 / 3, 0.0])
 
@@ -202,24 +202,26 @@ def test_class_means_and_mean_deviation():
     features = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
     labels = np.array([0, 0, 1])
     np.testing.assert_allclose(
-        analysis.class_means(features, labels, 3), [[2.0, 0.0], [0.0, 2.0], [np.nan, np.nan]]
+        diagnosis.class_means(features, labels, 3), [[2.0, 0.0], [0.0, 2.0], [np.nan, np.nan]]
     )
     test = np.array([[0.0, 5.0], [0.0, 1.0]])
-    got = analysis.mean_deviation(features, labels, test, np.array([0, 1]), 2)
+    got = diagnosis.mean_deviation(features, labels, test, np.array([0, 1]), 2)
     np.testing.assert_allclose(got, [np.sqrt(2.0), 0.0])
 
 
 def test_sample_per_class():
     labels = np.repeat([0, 1, 2], [10, 3, 5])
-    picked = analysis.sample_per_class(labels, 4, seed=0)
+    counts = class_stats.capped_counts(labels, 4, 3)
+    picked = class_stats.sample_per_class(labels, counts, seed=0)
     assert np.bincount(labels[picked]).tolist() == [4, 3, 4]
     assert (np.diff(picked) > 0).all()
-    np.testing.assert_array_equal(picked, analysis.sample_per_class(labels, 4, seed=0))
-    assert not np.array_equal(picked, analysis.sample_per_class(labels, 4, seed=1))
+    np.testing.assert_array_equal(picked, class_stats.sample_per_class(labels, counts, seed=0))
+    assert not np.array_equal(picked, class_stats.sample_per_class(labels, counts, seed=1))
 
 
-def test_importing_analysis_does_not_import_tensorflow():
+def test_importing_diagnosis_does_not_import_tensorflow():
     code = (
-        "import sys, cdt_tf.analysis; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+        "import sys, cdt_tf.diagnosis; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    result = run_command(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr

@@ -171,45 +171,35 @@ def prediction_confusion(predictions: np.ndarray, labels: np.ndarray, num_classe
         return np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
 
 
-def nearest_center_accuracy(
-    features: np.ndarray, labels: np.ndarray, centers: np.ndarray
-) -> tuple[float, np.ndarray]:
-    """Accuracy of the nearest class centre classifier (Table 1, NCM).
+def nearest_center_scores(features: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Scores [N, C] of the nearest class centre classifier (NCM): the larger, the nearer.
 
     Features and centres are both l2-normalised, so the nearest centre (Euclidean) is the one of
-    largest cosine similarity. Pass `class_means(l2_normalize(f_train), y_train, C)` for the
-    paper's "training mean" row, or the test split's means for its upper bound.
+    largest cosine similarity, which is the score; a NaN row of centers (a class without a centre)
+    scores -inf and is never predicted.
 
     Args:
       features: [N, D].
-      labels: int [N] true classes.
-      centers: [C, D]; a NaN row (a class without a centre) is never predicted.
+      centers: [C, D], e.g. `class_means(l2_normalize(f_train), y_train, C)`.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    valid = ~np.isnan(centers).any(axis=1)
+    similarity = l2_normalize(features) @ l2_normalize(np.where(valid[:, None], centers, 0.0)).T
+    return np.where(valid[None, :], similarity, -np.inf)
+
+
+def nearest_center_accuracy(
+    features: np.ndarray, labels: np.ndarray, centers: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Accuracy of the nearest class centre classifier (Table 1, NCM; `nearest_center_scores`).
+
+    Pass `class_means(l2_normalize(f_train), y_train, C)` for the paper's "training mean" row, or the
+    test split's means for its upper bound.
 
     Returns:
       (overall accuracy, per-class accuracy float64 [C], NaN for a class without examples).
     """
     labels = np.asarray(labels, dtype=np.int64)
-    centers = np.asarray(centers, dtype=np.float64)
-    valid = ~np.isnan(centers).any(axis=1)
-    similarity = l2_normalize(features) @ l2_normalize(np.where(valid[:, None], centers, 0.0)).T
-    predictions = np.where(valid[None, :], similarity, -np.inf).argmax(axis=1)
+    predictions = nearest_center_scores(features, centers).argmax(axis=1)
     per_class = evaluate.per_class_accuracy(predictions, labels, len(centers))
     return float((predictions == labels).mean()), per_class
-
-
-def sample_per_class(
-    labels: np.ndarray, per_class: int, seed: int, num_classes: int | None = None
-) -> np.ndarray:
-    """Sorted indices of up to `per_class` examples of each class, drawn without replacement.
-
-    Class c is drawn with `np.random.default_rng([seed, c])`; a class with fewer examples keeps all.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    num_classes = int(labels.max(initial=-1)) + 1 if num_classes is None else num_classes
-    chosen = []
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        if len(members) > per_class:
-            members = np.random.default_rng([seed, c]).choice(members, size=per_class, replace=False)
-        chosen.append(members)
-    return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)

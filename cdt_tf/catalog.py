@@ -1,0 +1,44 @@
+"""The vocabulary of cdt_tf: every name a flag can take, and the constants several modules share.
+
+Pure Python, free of TensorFlow, so that `config` refuses a bad flag at once. Each name list is
+written here only: the module that implements the names imports its list from here and builds
+its registry over it (losses, models, distribution, datasets), so no copy can drift.
+"""
+
+from __future__ import annotations
+
+# Data sources (cdt_tf.datasets) and the ones used as they are unless --imbalance asks for a subset.
+DATASETS = ("cifar10", "cifar100", "digits", "image_folder", "tiny_imagenet", "inat2018")
+AS_IS_DATASETS = ("image_folder", "inat2018")
+# --model=auto per dataset (resnet32 for the others).
+AUTO_MODELS = {"digits": "digits_convnet", "tiny_imagenet": "resnet18", "inat2018": "resnet50"}
+
+# Networks (cdt_tf.models) and their last layers.
+CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
+MODEL_NAMES = tuple(f"resnet{d}" for d in CIFAR_RESNET_DEPTHS) + ("resnet18", "resnet50", "digits_convnet")
+CLASSIFIERS = ("linear", "cosine")
+
+# Objectives (cdt_tf.losses) and how class-weighted ones reduce a batch.
+LOSSES = ("ce", "cdt", "reweight", "focal", "cb", "ldam", "la")
+WEIGHT_REDUCTIONS = ("weights", "batch_size")
+GAMMA_SCHEDULES = ("constant", "step", "linear")
+# Learning-rate schedules (cdt_tf.schedules): step (warm-up, then x multiplier at each decay epoch; the
+# paper's recipe) or cosine (warm-up, then cosine decay to 0 at the last step).
+LR_SCHEDULES = ("step", "cosine")
+
+# Input pipeline (cdt_tf.input_pipeline).
+SAMPLERS = ("instance", "class_balanced")
+AUGMENTATIONS = ("crop_flip", "none")
+
+# Hardware (cdt_tf.distribution).
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+# Batch size of every inference pass (evaluation, features, analysis): large enough to keep the
+# cores busy, small enough for ResNet-50 at 224 px in a few GB.
+EVAL_BATCH_SIZE = 500
+
+# ImageNet's channel statistics on [0, 1] pixels: the normalisation of Tiny-ImageNet, iNaturalist
+# and the ImageNet ResNets' defaults.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,0 +1,222 @@
+"""The run directory (--model_dir): every file's name, atomic JSON, prepare / refuse / finished, loading.
+
+  config.json      the Config (flags) of the run, plus what it resolved when it started
+                   (`resolved_precision`): a resumed run keeps it
+  subset.json      the training subset (and held-out split): `RunData.subset_record`'s schema
+  classes.json     file-based sources only: class index -> the dataset's category id and name
+  metrics.jsonl    one JSON line per epoch (the epoch's logs and wall time)
+  results.json     written last: top-1/5, per class, many/medium/few, post_hoc, precision, ...
+  model.keras      the trained model (written when training ends, before the evaluation)
+  backup/          keras.callbacks.BackupAndRestore's state: a killed run resumes from here
+  checkpoints/     weights every --checkpoint_every epochs
+  logs/            TensorBoard
+  post_hoc.png     top-1 against tau of each post-hoc rule
+
+The JSON readers turn a missing, unreadable or malformed file into one UserError line; nothing here
+imports TensorFlow at module level, so a bad directory is refused before TensorFlow loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from cdt_tf.config import Config
+from cdt_tf.errors import UserError
+
+CONFIG = "config.json"
+SUBSET = "subset.json"
+CLASSES = "classes.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+MODEL = "model.keras"
+BACKUP = "backup"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+POST_HOC_PLOT = "post_hoc.png"
+
+
+def write_json(path: str, value) -> None:
+    """Writes JSON atomically: a killed process never leaves a half-written file."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def read_json(path: str, what: str = "", remedy: str = ""):
+    """The JSON content of a file; one-line UserError when it is missing or malformed.
+
+    Args:
+      path: the file.
+      what: "object" to require a JSON object (dict), else any JSON value.
+      remedy: what the user should do, appended to the message.
+    """
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {path} ({error}){'; ' + remedy if remedy else ''}") from error
+    if what == "object" and not isinstance(value, dict):
+        raise UserError(
+            f"{path} is unreadable (it holds a JSON {type(value).__name__}, not an object)"
+            f"{'; ' + remedy if remedy else ''}"
+        )
+    return value
+
+
+def config_from_dict(values: dict) -> Config:
+    """The Config stored in a run's config.json (fields it lacks take their defaults)."""
+    names = {field.name for field in dataclasses.fields(Config)}
+    values = {k: v for k, v in values.items() if k in names}
+    try:
+        values["decay_epochs"] = tuple(values.get("decay_epochs", ()))
+        values["decay_multipliers"] = tuple(values.get("decay_multipliers", ()))
+        return Config(**values).validate()
+    except (TypeError, UserError) as error:
+        raise UserError(f"config.json does not hold a valid cdt_tf config ({error})") from error
+
+
+def prepare(config: Config) -> dict:
+    """Creates model_dir and writes config.json, or checks that it holds this run; returns config.json.
+
+    Raises UserError when the directory holds another run (other flags), or an unreadable config.json.
+    """
+    os.makedirs(config.model_dir, exist_ok=True)
+    path = os.path.join(config.model_dir, CONFIG)
+    if not os.path.exists(path):
+        stored = config.to_dict()
+        write_json(path, stored)
+        return stored
+    stored = read_json(path, "object", "use a new --model_dir")
+    differences = config.differences(stored)
+    if differences:
+        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {config.to_dict().get(k)!r}" for k in differences[:4])
+        raise UserError(
+            f"--model_dir {config.model_dir} holds a run with another config ({shown}); "
+            "use a new --model_dir, or the same flags to resume it"
+        )
+    return stored
+
+
+def record(model_dir: str, **fields) -> None:
+    """Adds what the run resolved when it started (Config.RECORDED_FIELDS) to its config.json."""
+    path = os.path.join(model_dir, CONFIG)
+    stored = read_json(path, "object", "use a new --model_dir")
+    unknown = set(fields) - set(Config.RECORDED_FIELDS)
+    if unknown:
+        raise ValueError(f"not recorded fields: {sorted(unknown)}")
+    write_json(path, {**stored, **fields})
+
+
+def finished_results(model_dir: str) -> dict | None:
+    """results.json of a finished run, or None while the run is not finished."""
+    path = os.path.join(model_dir, RESULTS)
+    if not os.path.exists(path):
+        return None
+    return read_json(
+        path, "object", "delete it to evaluate the trained model again, or use a new --model_dir"
+    )
+
+
+def trained(model_dir: str) -> bool:
+    """Whether training finished (model.keras written); the evaluation may still be missing."""
+    return os.path.exists(os.path.join(model_dir, MODEL))
+
+
+def read_finished(model_dir: str) -> tuple[Config, dict, dict]:
+    """(config, subset.json, results.json) of a finished run. Raises UserError naming what is missing.
+
+    Reads only JSON files: a bad directory is refused before TensorFlow is imported.
+    """
+    if not model_dir or not os.path.isdir(model_dir):
+        raise UserError(f"--model_dir {model_dir} does not exist; pass the directory of a cdt_tf.main run")
+    config_path = os.path.join(model_dir, CONFIG)
+    if not os.path.exists(config_path):
+        raise UserError(f"{model_dir} holds no config.json: it is not a cdt_tf.main run directory")
+    missing = [name for name in (MODEL, RESULTS) if not os.path.exists(os.path.join(model_dir, name))]
+    if missing:
+        raise UserError(
+            f"{model_dir} holds an unfinished run (no {' or '.join(missing)}); "
+            "finish it by running its training command again"
+        )
+    subset_path = os.path.join(model_dir, SUBSET)
+    if not os.path.exists(subset_path):
+        raise UserError(f"{model_dir} holds no subset.json, so its training subset cannot be checked")
+    config = config_from_dict(read_json(config_path, "object", "use a new --model_dir"))
+    subset = read_json(subset_path, "object")
+    results = read_json(os.path.join(model_dir, RESULTS), "object")
+    return config, subset, results
+
+
+def load_model(path: str):
+    """The trained keras.Model (uncompiled) of a run's model.keras."""
+    import keras
+
+    import cdt_tf.models  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a damaged or foreign file.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot load {path}: {first_line}") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    """A finished run: its config, results.json, trained model and data (`run_data.RunData`)."""
+
+    model_dir: str
+    config: Config
+    results: dict
+    model: object  # keras.Model: images -> logits
+    data: object  # run_data.RunData
+
+    @property
+    def class_counts(self) -> list[int]:
+        return list(self.data.class_counts)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.data.class_names
+
+
+def load_finished(model_dir: str, data_dir: str | None = None) -> FinishedRun:
+    """Reads a finished run and re-creates its data, the training subset checked against subset.json.
+
+    Args:
+      model_dir: the run directory.
+      data_dir: read the data from here instead of the run's own --data_dir (moved data).
+    """
+    config, subset, results = read_finished(model_dir)
+    if data_dir:
+        config = dataclasses.replace(config, data_dir=data_dir)
+    from cdt_tf import input_pipeline, run_data  # Imports TensorFlow: after the directory is known good.
+
+    data = run_data.load(config)
+    digest = input_pipeline.subset_hash(data.ids("train"))
+    if digest != subset.get("hash"):
+        raise UserError(
+            f"the training subset re-created from {model_dir}/config.json differs from its subset.json "
+            f"(hash {digest[:12]} != {str(subset.get('hash'))[:12]}); the data under --data_dir "
+            f"({config.data_dir}) is not the data the run was trained on"
+        )
+    model = load_model(os.path.join(model_dir, MODEL))
+    return FinishedRun(model_dir, config, results, model, data)
+
+
+def plain(value):
+    """JSON-ready: arrays to lists, NumPy scalars to Python numbers, NaN and inf to None."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [plain(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value

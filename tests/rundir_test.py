@@ -1,0 +1,139 @@
+"""The run directory: atomic JSON, refusing damaged files with one line, resuming, finishing an evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from cdt_tf import config as config_lib
+from cdt_tf import rundir
+from cdt_tf.errors import UserError
+from conftest import DIGITS_SMOKE, run_command, run_module
+
+
+def _last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_write_json_is_atomic_and_read_json_refuses_non_objects(tmp_path):
+    path = str(tmp_path / "a.json")
+    rundir.write_json(path, {"x": 1})
+    assert rundir.read_json(path, "object") == {"x": 1}
+    assert not os.path.exists(path + ".tmp")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(
+        UserError, match=r"is unreadable \(it holds a JSON list, not an object\); use a new --model_dir"
+    ):
+        rundir.read_json(str(tmp_path / "list.json"), "object", "use a new --model_dir")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(UserError, match="cannot read"):
+        rundir.read_json(str(tmp_path / "bad.json"))
+
+
+def test_config_holding_a_list_is_refused_in_one_line(cli, tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("[1, 2]")
+    result = cli(*DIGITS_SMOKE, f"--model_dir={model_dir}")
+    assert result.returncode == 2
+    assert _last_line(result).startswith("cdt_tf: error:") and "config.json is unreadable" in _last_line(
+        result
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_epochs_zero_names_epochs():
+    with pytest.raises(UserError, match="^--epochs must be >= 1, got 0$"):
+        config_lib.Config(dataset="digits", model_dir="/tmp/x", epochs=0).validate()
+    # The cross-flag check still fires when --epochs itself is fine.
+    with pytest.raises(UserError, match="--drw_epoch must be in"):
+        config_lib.Config(dataset="digits", model_dir="/tmp/x", epochs=3, drw_epoch=5).validate()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("runs") / "digits"
+    result = run_module("cdt_tf.main", *DIGITS_SMOKE, f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return model_dir
+
+
+def test_garbage_results_of_a_finished_run_are_refused_in_one_line(finished_run, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "subset.json", "model.keras"):
+        (copy / name).write_bytes((finished_run / name).read_bytes())
+    stored = json.loads((finished_run / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**stored, "model_dir": str(copy)}))
+    (copy / "results.json").write_text("not json at all")
+    for module, args in (
+        ("cdt_tf.main", (*DIGITS_SMOKE, f"--model_dir={copy}")),
+        ("cdt_tf.post_hoc", (f"--model_dir={copy}",)),
+        ("cdt_tf.export", (f"--model_dir={copy}",)),
+    ):
+        result = run_module(module, *args)
+        assert result.returncode == 2, (module, result.stderr[-1500:])
+        assert _last_line(result).startswith("cdt_tf: error: cannot read"), (module, _last_line(result))
+        assert "results.json" in _last_line(result) and "Traceback" not in result.stderr
+
+
+def test_a_finished_training_without_results_is_evaluated_not_retrained(finished_run, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "model.keras"):
+        (copy / name).write_bytes((finished_run / name).read_bytes())
+    stored = json.loads((finished_run / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**stored, "model_dir": str(copy)}))
+    result = run_module("cdt_tf.main", *DIGITS_SMOKE, f"--model_dir={copy}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "evaluating it" in result.stdout and "Epoch 1/" not in result.stdout
+    original = json.loads((finished_run / "results.json").read_text())
+    again = json.loads((copy / "results.json").read_text())
+    assert again["top1"] == original["top1"] and again["post_hoc"]["nc_tau"] == original["post_hoc"]["nc_tau"]
+
+
+def test_a_resumed_run_says_from_which_epoch(tmp_path):
+    model_dir = tmp_path / "run"
+    args = [a for a in DIGITS_SMOKE if not a.startswith("--epochs=")]
+    first = run_module("cdt_tf.main", *args, "--epochs=2", f"--model_dir={model_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    # Keep the backup of epoch 1 as a killed run would have left it, then run the same command again.
+    backup = model_dir / "backup"
+    backup.mkdir(exist_ok=True)
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    import keras
+
+    import cdt_tf  # noqa: F401  (registers the custom objects)
+
+    keras.saving.load_model(model_dir / "model.keras").save_weights(backup / "latest.weights.h5")
+    for name in ("model.keras", "results.json"):
+        os.remove(model_dir / name)
+    again = run_module("cdt_tf.main", *args, "--epochs=2", f"--model_dir={model_dir}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Resuming from epoch 2 (epochs 1-1 restored" in again.stdout
+    assert "Epoch 2/2" in again.stdout and "Epoch 1/2" not in again.stdout
+
+
+def test_importing_the_package_registers_every_custom_object(finished_run):
+    for order in ("import cdt_tf, keras", "import keras, cdt_tf"):
+        code = f"{order}; keras.models.load_model({str(finished_run / 'model.keras')!r}); print('ok')"
+        result = run_command(sys.executable, "-c", code)
+        assert result.returncode == 0 and "ok" in result.stdout, (order, result.stderr[-1500:])
+
+
+def test_collect_run_copies_the_record_without_checkpoints(finished_run, tmp_path):
+    tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "collect_run.py")
+    result = run_command(sys.executable, tool, f"--run={finished_run}", f"--results_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    copied = tmp_path / finished_run.name
+    assert sorted(os.listdir(copied)) == ["config.json", "metrics.jsonl", "results.json"]
+    assert json.loads((copied / "results.json").read_text()) == json.loads(
+        (finished_run / "results.json").read_text()
+    )
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    refused = run_command(sys.executable, tool, f"--run={unfinished}", f"--results_dir={tmp_path}")
+    assert refused.returncode == 2 and "no config.json" in refused.stderr

@@ -1,0 +1,64 @@
+r"""Copies a finished run's record into the checkout: results/<name>/{config,results}.json, metrics.jsonl.
+
+  python tools/collect_run.py --run=~/cdt-runs/cifar10_lt100_cdt
+  python tools/collect_run.py --run=~/cdt-runs/cifar10_lt100_cdt --export   # + export/1 (SavedModel)
+
+Run directories live outside the checkout (hours of training must survive a fresh checkout); what
+BENCHMARKS.md quotes is committed from here, without checkpoints. <name> defaults to the run
+directory's name, which by convention is the flagfile's name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cdt_tf import rundir  # noqa: E402
+from cdt_tf.errors import UserError  # noqa: E402
+
+FILES = (rundir.CONFIG, rundir.RESULTS, rundir.METRICS)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_string("run", None, "A finished run directory.")
+flags.DEFINE_string("name", None, "Folder under results/ (default: the run directory's name).")
+flags.DEFINE_string("results_dir", os.path.join(REPO_ROOT, "results"), "Where the record goes.")
+flags.DEFINE_bool("export", False, "Also export the SavedModel to results/<name>/export/ (a few MB).")
+flags.mark_flag_as_required("run")
+FLAGS = flags.FLAGS
+
+
+def collect(run: str, destination: str) -> list[str]:
+    """Copies FILES of a finished run into destination; returns the paths written."""
+    rundir.read_finished(run)  # Refuses an unfinished or damaged run in one line.
+    os.makedirs(destination, exist_ok=True)
+    written = []
+    for name in FILES:
+        shutil.copyfile(os.path.join(run, name), os.path.join(destination, name))
+        written.append(os.path.join(destination, name))
+    return written
+
+
+def main(argv):
+    del argv
+    run = os.path.expanduser(FLAGS.run)
+    destination = os.path.join(FLAGS.results_dir, FLAGS.name or os.path.basename(os.path.normpath(run)))
+    try:
+        for path in collect(run, destination):
+            print(path)
+        if FLAGS.export:
+            from cdt_tf import export  # Imports TensorFlow.
+
+            path, tau = export.export_run(run, os.path.join(destination, "export"))
+            print(f"{path} (tau={tau:g})")
+    except UserError as error:
+        print(f"cdt_tf: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
