@@ -323,6 +323,10 @@ class Config:
         "tau_from",
         "strategy",
         "profile_batch",
+        # The precision is resolved once, when the run starts, and recorded (resolved_precision): a
+        # resumed run keeps it whatever these flags say now.
+        "precision",
+        "mixed_precision",
     )
     # Keys of config.json that record what a run resolved when it started (not flags).
     RECORDED_FIELDS = ("resolved_precision",)

@@ -162,7 +162,7 @@ def test_a_run_records_its_precision_and_a_resumed_run_keeps_it(cli, tmp_path):
     (resumed / "config.json").write_text(
         json.dumps({**stored, "model_dir": str(resumed), "resolved_precision": "float32"})
     )
-    again = cli(*DIGITS_SMOKE, "--precision=auto", f"--model_dir={resumed}")
+    again = cli(*DIGITS_SMOKE, "--precision=mixed_bfloat16", f"--model_dir={resumed}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "precision float32" in again.stdout
     assert json.load(open(resumed / "results.json"))["precision"] == "float32"

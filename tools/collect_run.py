@@ -18,7 +18,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdt_tf import rundir  # noqa: E402
+from cdt_tf import cli, rundir  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
 
 FILES = (rundir.CONFIG, rundir.RESULTS, rundir.METRICS)
@@ -56,8 +56,7 @@ def main(argv):
             path, tau = export.export_run(run, os.path.join(destination, "export"))
             print(f"{path} (tau={tau:g})")
     except UserError as error:
-        print(f"cdt_tf: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
 
 
 if __name__ == "__main__":

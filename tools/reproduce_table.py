@@ -41,6 +41,12 @@ _METHODS = flags.DEFINE_list(
 )
 _EPOCHS = flags.DEFINE_integer("epochs", 200, "Training epochs; below 200 the schedule is compressed.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/tables", "Where the run directories go.")
+_RUN_SUFFIX = flags.DEFINE_string(
+    "run_suffix",
+    "_e{epochs}",
+    "Appended to the flagfile's name to name a run directory ({epochs}: the schedule). '' reads run "
+    "directories named by their flagfile alone: results/ (committed) and tools/long_runs.sh's.",
+)
 _CIFAR10_DIR = flags.DEFINE_string("cifar10_dir", None, "--data_dir for CIFAR-10 (TFDS dir or image folder).")
 _CIFAR100_DIR = flags.DEFINE_string("cifar100_dir", None, "--data_dir for CIFAR-100.")
 _RUN = flags.DEFINE_bool("run", True, "Train missing runs; --norun only collects finished ones.")
@@ -84,7 +90,7 @@ def compressed_flags(values: dict[str, str], epochs: int) -> list[str]:
 def cell_command(dataset: str, profile: str, ratio: int, suffix: str, epochs: int, runs_dir: str, data_dir):
     name = f"{dataset}_{profile}{ratio}_{suffix}"
     flagfile = os.path.join("flags", f"{name}.cfg")
-    run_dir = os.path.join(runs_dir, f"{name}_e{epochs}")
+    run_dir = os.path.join(runs_dir, name + _RUN_SUFFIX.value.format(epochs=epochs))
     command = [_PYTHON.value, "-m", "cdt_tf.main", f"--flagfile={flagfile}", f"--model_dir={run_dir}"]
     if data_dir:
         command.append(f"--data_dir={data_dir}")

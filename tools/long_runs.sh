@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The paper's 200-epoch CIFAR-10-LT rho=100 runs (issue 10), one after another, in bf16, outside the checkout.
+#
+#   nohup bash tools/long_runs.sh > ~/cdt-runs/long_runs.log 2>&1 &
+#
+# Start it again after a session ends (or a run is killed): a finished run returns at once, an
+# unfinished one resumes from its last finished epoch, the rest start in order. One run at a time is
+# the fastest use of 2 cores. Then: python tools/collect_run.py --run=~/cdt-runs/<name> [--export].
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
+DATA_DIR="${DATA_DIR:-../shared/data/cifar10-jpeg}"
+mkdir -p "$RUNS_DIR"
+for name in ${RUNS:-cifar10_lt100_cdt cifar10_lt100_ce cifar10_lt100_ldam_drw cifar10_lt100_resample}; do
+  echo "== $(date -u +%FT%TZ) $name"
+  "$PYTHON" -m cdt_tf.main --flagfile="flags/$name.cfg" --data_dir="$DATA_DIR" \
+    --precision=mixed_bfloat16 --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+done
+echo "== $(date -u +%FT%TZ) done"
