@@ -10,6 +10,8 @@ from __future__ import annotations
 # Data sources (cdt_tf.datasets) and the ones used as they are unless --imbalance asks for a subset.
 DATASETS = ("cifar10", "cifar100", "digits", "image_folder", "tiny_imagenet", "inat2018")
 AS_IS_DATASETS = ("image_folder", "inat2018")
+# What to do with an image file that is empty or not an image (--bad_images).
+BAD_IMAGES = ("error", "skip")
 # --model=auto per dataset (resnet32 for the others).
 AUTO_MODELS = {"digits": "digits_convnet", "tiny_imagenet": "resnet18", "inat2018": "resnet50"}
 

@@ -36,7 +36,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["enum"](
         "bad_images",
         "error",
-        ["error", "skip"],
+        catalog.BAD_IMAGES,
         "Image files that are empty or not an image (checked by their first bytes when the data is "
         "loaded, before training): error stops with one message counting and naming them; skip leaves "
         "them out of their split with one warning line, and the run records which.",
@@ -397,6 +397,8 @@ class Config:
                     ("strategy", self.strategy, catalog.STRATEGIES),
                     ("precision", self.precision, catalog.PRECISIONS),
                     ("imbalance", self.imbalance, class_stats.PROFILES),
+                    ("bad_images", self.bad_images, catalog.BAD_IMAGES),
+                    ("lr_schedule", self.lr_schedule, catalog.LR_SCHEDULES),
                 )
             ),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
@@ -424,10 +426,6 @@ class Config:
             (
                 self.val_per_class >= 0,
                 f"--val_per_class must be >= 0 (0: off), got {self.val_per_class}",
-            ),
-            (
-                self.lr_schedule in catalog.LR_SCHEDULES,
-                f"unknown lr_schedule {self.lr_schedule!r}; use one of {catalog.LR_SCHEDULES}",
             ),
             (
                 math.isfinite(self.mixup_alpha) and self.mixup_alpha >= 0,

@@ -46,7 +46,7 @@ DATASETS = catalog.DATASETS
 SPLITS = ("train", "test")
 
 # What load_source does with unreadable image files: raise one DataError, or leave them out.
-BAD_IMAGES_POLICIES = ("error", "skip")
+BAD_IMAGES_POLICIES = catalog.BAD_IMAGES
 # The leading bytes of the formats tf.io.decode_image reads: JPEG, PNG, GIF, BMP, JPEG XL (bare
 # codestream, container); WebP ("RIFF", 4 size bytes, "WEBP") is matched in `image_file_problem`.
 IMAGE_SIGNATURES = (

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,6 +53,7 @@ def main(argv):
         if FLAGS.export:
             from cdt_tf import export  # Imports TensorFlow.
 
+            logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines name the staging directory.
             path, tau = export.export_run(run, os.path.join(destination, "export"))
             print(f"{path} (tau={tau:g})")
     except UserError as error:

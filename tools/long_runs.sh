@@ -10,7 +10,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
-DATA_DIR="${DATA_DIR:-../shared/data/cifar10-jpeg}"
+# Absolute: a resumed run must be given the same --data_dir it started with (config.json records it).
+DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
 mkdir -p "$RUNS_DIR"
 for name in ${RUNS:-cifar10_lt100_cdt cifar10_lt100_ce cifar10_lt100_ldam_drw cifar10_lt100_resample}; do
   echo "== $(date -u +%FT%TZ) $name"
