@@ -379,8 +379,8 @@ def run_analysis(
     plot_confusions(os.path.join(out_dir, "confusion.png"), statistics, order, names)
     figures = list(FIGURES[:-1])
     if tsne_per_class:
-        train_pick = train.take(_per_class(train.labels, tsne_per_class, seed, len(names)))
-        test_pick = test.take(_per_class(test.labels, tsne_per_class, seed, len(names)))
+        train_pick = train.take(class_stats.sample_up_to(train.labels, tsne_per_class, len(names), seed))
+        test_pick = test.take(class_stats.sample_up_to(test.labels, tsne_per_class, len(names), seed))
         picked = np.concatenate([train_pick.features, test_pick.features])
         if len(picked) >= 4:
             print(f"t-SNE of {len(picked)} features ...", flush=True)
@@ -415,13 +415,6 @@ def format_summary(content: dict) -> str:
         f"{100 * ncm['train_means']['top1']:.2f}%, with test means {100 * ncm['test_means']['top1']:.2f}%"
     )
     return "\n".join(lines)
-
-
-def _per_class(labels: np.ndarray, per_class: int, seed: int, num_classes: int) -> np.ndarray:
-    """Sorted positions of up to per_class examples of each class (all of a smaller class)."""
-    return class_stats.sample_per_class(
-        labels, class_stats.capped_counts(labels, per_class, num_classes), seed
-    )
 
 
 def command(flag_values) -> None:

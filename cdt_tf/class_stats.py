@@ -171,6 +171,10 @@ def sample_per_class(
     return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
 
 
-def capped_counts(labels: Sequence[int], per_class: int, num_classes: int) -> np.ndarray:
-    """min(per_class, N_c) for each of num_classes classes of labels: a per-class cap as counts."""
-    return np.minimum(per_class, np.bincount(np.asarray(labels, np.int64), minlength=num_classes))
+def sample_up_to(
+    labels: Sequence[int], per_class: int, num_classes: int, seed: int, stream: Sequence[int] = ()
+) -> np.ndarray:
+    """`sample_per_class` of min(per_class, N_c) examples of each class: all of a smaller class."""
+    labels = np.asarray(labels, np.int64)
+    counts = np.minimum(per_class, np.bincount(labels, minlength=num_classes))
+    return sample_per_class(labels, counts, seed, stream)

@@ -609,8 +609,13 @@ def _read_lines(path: str, keep_empty: bool = False) -> list[str]:
     return lines if keep_empty else [line.strip() for line in lines if line.strip()]
 
 
+def _is_image_name(name: str) -> bool:
+    """An image file by its name: one of IMAGE_EXTENSIONS, not hidden (a leading ".")."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
 def _image_files(folder: str) -> list[str]:
-    return [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    return [f for f in os.listdir(folder) if _is_image_name(f)]
 
 
 def _image_files_recursive(folder: str) -> list[str]:
@@ -628,11 +633,10 @@ def _image_files_recursive(folder: str) -> list[str]:
         seen.add(real)
         with os.scandir(os.path.join(folder, relative)) as entries:
             for entry in entries:
-                if entry.name.startswith("."):
-                    continue
                 if entry.is_dir():
-                    pending.append(os.path.join(relative, entry.name))
-                elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    if not entry.name.startswith("."):
+                        pending.append(os.path.join(relative, entry.name))
+                elif _is_image_name(entry.name):
                     found.append(os.path.join(relative, entry.name))
     return sorted(found)
 

@@ -18,6 +18,8 @@ from cdt_tf.config import Config
 from cdt_tf.errors import UserError
 
 SPLITS = ("train", "holdout", "validation", "test")
+# class_stats.sample_per_class stream of the --eval_per_class samples (1: held-out split; 3, 4: validation).
+EVAL_SAMPLE_STREAM = (2,)
 
 
 @dataclasses.dataclass
@@ -167,9 +169,9 @@ class RunData:
         --eval_per_class images per class, or None (the whole split)."""
         if not self.eval_per_class:
             return None
-        labels = self.labels(name)
-        counts = class_stats.capped_counts(labels, self.eval_per_class, self.num_classes)
-        return class_stats.sample_per_class(labels, counts, self.seed, stream=(2,))
+        return class_stats.sample_up_to(
+            self.labels(name), self.eval_per_class, self.num_classes, self.seed, EVAL_SAMPLE_STREAM
+        )
 
     def subset_record(self) -> dict:
         """subset.json: the one schema for every source.
@@ -241,8 +243,9 @@ def load(config: Config) -> RunData:
         validation_from = {"pool": from_pool, "subset": from_subset}
     test = np.arange(len(source.test.labels), dtype=np.int64)
     if config.eval_per_class:
-        counts = class_stats.capped_counts(source.test.labels, config.eval_per_class, source.num_classes)
-        test = class_stats.sample_per_class(source.test.labels, counts, config.seed, stream=(2,))
+        test = class_stats.sample_up_to(
+            source.test.labels, config.eval_per_class, source.num_classes, config.seed, EVAL_SAMPLE_STREAM
+        )
     class_counts = np.bincount(source.train.labels[train], minlength=source.num_classes).tolist()
     indices = {"train": train, "holdout": holdout, "validation": validation, "test": test}
     return RunData(source, indices, class_counts, config.eval_per_class, config.seed, validation_from)

@@ -147,7 +147,7 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
         tf.config.experimental.enable_op_determinism()
 
     data = run_data.load(config)
-    write_data_records(config, data)
+    subset = write_data_records(config, data)
     if config.eval_per_class:
         print(
             f"Evaluating on {data.size('test')} test images ({config.eval_per_class} per class, "
@@ -169,6 +169,7 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
 
     with _data_errors_as_user_errors(config, "evaluating the trained model"):
         results = _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name)
+    results["subset_hash"] = subset["hash"]
     results["train_seconds"] = round(train_seconds, 1)
     results["precision"] = precision
     rundir.write_json(os.path.join(config.model_dir, rundir.RESULTS), results)
@@ -205,7 +206,7 @@ def _data_errors_as_user_errors(config: Config, stage: str):
 
 
 def _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name) -> dict:
-    """results.json's content but the timing and precision: the test summary and post-hoc."""
+    """results.json's content but the subset hash, timing and precision: the test summary and post-hoc."""
     if final_test is None:  # One pass over the test split gives both the logits and post-hoc features.
         from cdt_tf import features
 
@@ -214,7 +215,6 @@ def _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_na
         **evaluate.summarize(final_test.logits, final_test.labels, data.class_counts),
         "class_counts": data.class_counts,
         "class_names": data.class_names,
-        "subset_hash": rundir.read_json(os.path.join(config.model_dir, rundir.SUBSET), "object")["hash"],
         "num_train_images": data.size("train"),
         "num_test_images": data.size("test"),
         "eval_per_class": config.eval_per_class,  # 0: the whole test split; else a smoke evaluation.
@@ -248,22 +248,21 @@ def evaluate_validation(model, data: run_data.RunData) -> dict:
     return {**summary, "num_images": data.size("validation"), "from": data.validation_from}
 
 
-def write_data_records(config: Config, data: run_data.RunData) -> None:
-    """subset.json (and classes.json for sources read from files), and a line about the subset."""
-    rundir.write_json(os.path.join(config.model_dir, rundir.SUBSET), data.subset_record())
+def write_data_records(config: Config, data: run_data.RunData) -> dict:
+    """Writes subset.json (and classes.json for sources read from files), prints a line about the
+    subset; returns subset.json's content."""
+    subset = data.subset_record()
+    rundir.write_json(os.path.join(config.model_dir, rundir.SUBSET), subset)
     counts = data.class_counts
-    if data.in_memory:
-        shown = counts if len(counts) <= 20 else f"{max(counts)} to {min(counts)} ({len(counts)} classes)"
-        print(f"Training subset: {data.size('train')} images, per class {shown}", flush=True)
-        return
-    source = data.source
-    classes = {"dataset": source.name, "origin": source.origin, "classes": source.classes()}
-    rundir.write_json(os.path.join(config.model_dir, rundir.CLASSES), classes)
-    print(
-        f"Training subset: {data.size('train')} images of {data.num_classes} classes "
-        f"({max(counts)} to {min(counts)} per class), read from {source.origin}",
-        flush=True,
-    )
+    shown = counts if len(counts) <= 20 else f"{max(counts)} to {min(counts)} ({len(counts)} classes)"
+    origin = ""
+    if not data.in_memory:
+        source = data.source
+        classes = {"dataset": source.name, "origin": source.origin, "classes": source.classes()}
+        rundir.write_json(os.path.join(config.model_dir, rundir.CLASSES), classes)
+        origin = f", read from {source.origin}"
+    print(f"Training subset: {data.size('train')} images, per class {shown}{origin}", flush=True)
+    return subset
 
 
 def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
@@ -345,9 +344,7 @@ def build_callbacks(
     if config.stats_every > 0:
         # A fixed, unaugmented sample of the training subset (up to STATS_PER_CLASS a class).
         labels = data.labels("train")
-        sample = class_stats.sample_per_class(
-            labels, class_stats.capped_counts(labels, STATS_PER_CLASS, data.num_classes), config.seed
-        )
+        sample = class_stats.sample_up_to(labels, STATS_PER_CLASS, data.num_classes, config.seed)
         callbacks.append(
             TrainingStatistics(
                 data.eval_dataset("train", sample),

@@ -211,12 +211,11 @@ def test_class_means_and_mean_deviation():
 
 def test_sample_per_class():
     labels = np.repeat([0, 1, 2], [10, 3, 5])
-    counts = class_stats.capped_counts(labels, 4, 3)
-    picked = class_stats.sample_per_class(labels, counts, seed=0)
+    picked = class_stats.sample_up_to(labels, 4, 3, seed=0)
     assert np.bincount(labels[picked]).tolist() == [4, 3, 4]
     assert (np.diff(picked) > 0).all()
-    np.testing.assert_array_equal(picked, class_stats.sample_per_class(labels, counts, seed=0))
-    assert not np.array_equal(picked, class_stats.sample_per_class(labels, counts, seed=1))
+    np.testing.assert_array_equal(picked, class_stats.sample_up_to(labels, 4, 3, seed=0))
+    assert not np.array_equal(picked, class_stats.sample_up_to(labels, 4, 3, seed=1))
 
 
 def test_importing_diagnosis_does_not_import_tensorflow():
