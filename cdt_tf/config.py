@@ -110,6 +110,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "auto: cosine for --loss=ldam (as its reference code), else linear.",
     )
     define["enum"](
+        "conv_padding",
+        "symmetric",
+        catalog.CONV_PADDINGS,
+        "How strided convolutions pad. symmetric: (k-1)/2 zeros each side, as PyTorch and the official "
+        "TensorFlow ResNets, so a block's strided branch stays aligned with its shortcut. same: Keras "
+        "'same' (0 before, 1 after on even sizes; one pixel off the shortcut), which runs started before "
+        "this flag used and keep.",
+    )
+    define["enum"](
         "loss",
         "ce",
         catalog.LOSSES,
@@ -277,6 +286,7 @@ class Config:
     mix_prob: float = 1.0
     model: str = "auto"
     classifier: str = "auto"
+    conv_padding: str = "symmetric"
     loss: str = "ce"
     gamma: float = 0.0
     gamma_schedule: str = "constant"
@@ -330,6 +340,9 @@ class Config:
     )
     # Keys of config.json that record what a run resolved when it started (not flags).
     RECORDED_FIELDS = ("resolved_precision",)
+    # What a field meant in a config.json written before the field existed, where that is not the
+    # current default: such runs are resumed (and compared) with it.
+    LEGACY_VALUES = {"conv_padding": "same"}
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> Config:
@@ -524,21 +537,29 @@ class Config:
     def differences(self, other: dict) -> list[str]:
         """Fields (other than RESUMABLE_FIELDS) whose values differ from a stored config dict.
 
-        A field missing from the stored dict (written by an older version) counts as its default.
+        A field missing from the stored dict (written by an older version) counts as its
+        LEGACY_VALUES entry, else as its default (`stored_value`).
         """
         mine = self.to_dict()
-        defaults = {
-            f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-            for f in dataclasses.fields(self)
-            if f.default is not dataclasses.MISSING
-        }
         return sorted(
             key
             for key in set(mine) | set(other)
             if key not in self.RESUMABLE_FIELDS
             and key not in self.RECORDED_FIELDS
-            and mine.get(key) != other.get(key, defaults.get(key))
+            and mine.get(key) != self.stored_value(other, key)
         )
+
+    @classmethod
+    def stored_value(cls, stored: dict, key: str):
+        """A field's value in a stored config dict; for a field it lacks, the value that run used."""
+        if key in stored:
+            return stored[key]
+        if key in cls.LEGACY_VALUES:
+            return cls.LEGACY_VALUES[key]
+        field = {f.name: f for f in dataclasses.fields(cls)}.get(key)
+        if field is None or field.default is dataclasses.MISSING:
+            return None
+        return list(field.default) if isinstance(field.default, tuple) else field.default
 
 
 def _valid_profile_batch(value: str) -> bool:

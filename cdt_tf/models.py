@@ -32,6 +32,7 @@ def _he_normal():
 
 
 CIFAR_RESNET_DEPTHS = catalog.CIFAR_RESNET_DEPTHS
+CONV_PADDINGS = catalog.CONV_PADDINGS
 
 
 @keras.saving.register_keras_serializable(package="cdt_tf")
@@ -45,6 +46,12 @@ class FusedBatchNormalization(layers.BatchNormalization):
     The moving variance is updated with the unbiased batch variance, as PyTorch's
     BatchNorm2d in the reference code.
     """
+
+    # TensorFlow's fused kernel takes bfloat16 and float16 inputs with float32 scale and offset and
+    # computes the batch statistics in float32, so mixed precision needs no casts around it. True
+    # casts the input to float32 and back instead: the path before 2026-12-03, kept so that
+    # tools/benchmark_throughput.py --bn_cast_float32 can time the difference.
+    cast_to_float32 = False
 
     def call(self, inputs, training=None, mask=None):
         fusable = (
@@ -60,7 +67,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # Only reached on the TensorFlow backend.
 
-        x = tf.cast(inputs, tf.float32)
+        x = inputs
+        if self.cast_to_float32 or x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
+            x = tf.cast(x, tf.float32)
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x,
             scale=tf.cast(self.gamma, tf.float32) if self.scale else tf.ones(x.shape[-1]),
@@ -103,17 +112,17 @@ def _normalize(inputs, mean: Sequence[float], std: Sequence[float]):
     return layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="normalize")(x)
 
 
-def _conv_bn_relu(x, filters: int, strides: int, name: str, relu: bool = True):
+def _conv_bn_relu(x, filters: int, strides: int, name: str, padding: str, relu: bool = True):
     """3x3 conv (no bias), batch norm, optional ReLU: the CIFAR ResNet's unit."""
-    return _conv_bn(x, filters, 3, strides, name, relu=relu)
+    return _conv_bn(x, filters, 3, strides, name, padding, relu=relu)
 
 
-def _basic_block(x, filters: int, strides: int, name: str):
+def _basic_block(x, filters: int, strides: int, name: str, padding: str):
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = ZeroPadShortcut((filters - x.shape[-1]) // 2, name=f"{name}_shortcut")(x)
-    y = _conv_bn_relu(x, filters, strides, f"{name}_1")
-    y = _conv_bn_relu(y, filters, 1, f"{name}_2", relu=False)
+    y = _conv_bn_relu(x, filters, strides, f"{name}_1", padding)
+    y = _conv_bn_relu(y, filters, 1, f"{name}_2", padding, relu=False)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -165,6 +174,7 @@ def cifar_resnet(
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.25, 0.25, 0.25),
     classifier: str = "linear",
+    padding: str = "symmetric",
 ) -> keras.Model:
     """He et al.'s CIFAR ResNet: 3 stages of (depth - 2) / 6 basic blocks, widths 16/32/64.
 
@@ -174,6 +184,7 @@ def cifar_resnet(
       input_shape: [H, W, 3] of the uint8-range input.
       mean, std: per-channel statistics of images scaled to [0, 1].
       classifier: "linear" (Dense) or "cosine" (`CosineClassifier`).
+      padding: how strided convolutions pad (`conv_padding`): "symmetric" or Keras' "same".
 
     Returns:
       A functional model: [B, H, W, 3] -> logits [B, num_classes] (float32).
@@ -182,11 +193,11 @@ def cifar_resnet(
         raise ValueError(f"CIFAR ResNet depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
     blocks_per_stage = (depth - 2) // 6
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn_relu(_normalize(inputs, mean, std), 16, 1, "stem")
+    x = _conv_bn_relu(_normalize(inputs, mean, std), 16, 1, "stem", padding)
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(blocks_per_stage):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
+            x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, _classifier(features, num_classes, classifier), name=f"resnet{depth}")
 
@@ -197,11 +208,12 @@ def digits_convnet(
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.25, 0.25, 0.25),
     classifier: str = "linear",
+    padding: str = "symmetric",
 ) -> keras.Model:
     """A small ConvNet for the 8x8 digits demo: 2 conv-BN-ReLU blocks, global pooling, Dense."""
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn_relu(_normalize(inputs, mean, std), 32, 1, "block1")
-    x = _conv_bn_relu(x, 64, 2, "block2")
+    x = _conv_bn_relu(_normalize(inputs, mean, std), 32, 1, "block1", padding)
+    x = _conv_bn_relu(x, 64, 2, "block2", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, _classifier(features, num_classes, classifier), name="digits_convnet")
 
@@ -210,15 +222,27 @@ MODEL_NAMES = catalog.MODEL_NAMES
 
 
 def build_model(
-    name: str, num_classes: int, input_shape, mean, std, classifier: str = "linear"
+    name: str,
+    num_classes: int,
+    input_shape,
+    mean,
+    std,
+    classifier: str = "linear",
+    padding: str = "symmetric",
 ) -> keras.Model:
-    """Builds a model by name (one of MODEL_NAMES) with a linear or cosine classifier."""
+    """Builds a model by name (one of MODEL_NAMES) with a linear or cosine classifier.
+
+    padding: how strided convolutions pad, one of CONV_PADDINGS (`_conv_bn`).
+    """
+    if padding not in CONV_PADDINGS:
+        raise ValueError(f"unknown padding {padding!r}; use one of {CONV_PADDINGS}")
     if name == "digits_convnet":
-        return digits_convnet(num_classes, input_shape, mean, std, classifier)
+        return digits_convnet(num_classes, input_shape, mean, std, classifier, padding)
     if name in IMAGENET_RESNETS:
-        return IMAGENET_RESNETS[name](num_classes, input_shape, mean, std, classifier)
+        return IMAGENET_RESNETS[name](num_classes, input_shape, mean, std, classifier, padding)
     if name.startswith("resnet") and name[len("resnet") :].isdigit():
-        return cifar_resnet(int(name[len("resnet") :]), num_classes, input_shape, mean, std, classifier)
+        depth = int(name[len("resnet") :])
+        return cifar_resnet(depth, num_classes, input_shape, mean, std, classifier, padding)
     raise ValueError(f"unknown model {name!r}; use one of {MODEL_NAMES}")
 
 
@@ -236,12 +260,36 @@ IMAGENET_MEAN, IMAGENET_STD = catalog.IMAGENET_MEAN, catalog.IMAGENET_STD  # The
 WIDTHS = (64, 128, 256, 512)
 
 
-def _conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bool = True, zero_gamma=False):
+def _conv_bn(
+    x,
+    filters: int,
+    kernel_size: int,
+    strides: int,
+    name: str,
+    padding: str,
+    relu: bool = True,
+    zero_gamma=False,
+):
+    """Conv (no bias) -> BN -> optional ReLU. Strided convolutions pad as `padding` says:
+
+    "symmetric": (kernel_size - 1) // 2 zeros on every side, then a "valid" convolution, as PyTorch's
+    `padding=k // 2` and the official TensorFlow ResNets' `fixed_padding`: output pixel i is centred
+    on input pixel stride * i, where the option-A shortcut (`x[::2, ::2]`) and a strided 1x1
+    projection also sample, so the two branches of a residual block stay aligned.
+    "same": Keras' "same", which on even sizes pads 0 before and 1 after, centring output i on
+    input 2i + 1: one pixel off the shortcut (the only choice before 2026-12-03; `conv_padding`).
+    Stride-1 convolutions (odd kernels) pad symmetrically either way.
+    """
+    conv_padding = "same"
+    if padding == "symmetric" and strides > 1:
+        if kernel_size > 1:
+            x = layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{name}_pad")(x)
+        conv_padding = "valid"
     x = layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
+        padding=conv_padding,
         use_bias=False,
         kernel_initializer=_he_normal(),
         name=f"{name}_conv",
@@ -255,33 +303,33 @@ def _conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: b
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def _residual_output(residual, x, filters: int, strides: int, name: str):
+def _residual_output(residual, x, filters: int, strides: int, name: str, padding: str):
     """ReLU(residual + shortcut): x itself, or a projection (1x1 conv, stride, BN) where the shape changes."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_shortcut", relu=False)
+        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_shortcut", padding, relu=False)
     y = layers.Add(name=f"{name}_add")([residual, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def _projection_basic_block(x, filters: int, strides: int, name: str):
+def _projection_basic_block(x, filters: int, strides: int, name: str, padding: str):
     """ResNet-18's block: 3x3 (stride) -> 3x3, plus the shortcut."""
-    y = _conv_bn(x, filters, 3, strides, f"{name}_1")
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
-    return _residual_output(y, x, filters, strides, name)
+    y = _conv_bn(x, filters, 3, strides, f"{name}_1", padding)
+    y = _conv_bn(y, filters, 3, 1, f"{name}_2", padding, relu=False)
+    return _residual_output(y, x, filters, strides, name, padding)
 
 
-def _bottleneck_block(x, filters: int, strides: int, name: str):
+def _bottleneck_block(x, filters: int, strides: int, name: str, padding: str):
     """ResNet-50's block: 1x1 -> 3x3 (stride) -> 1x1 to 4 * filters, plus the shortcut.
 
     The stride sits on the 3x3 convolution ("ResNet v1.5", as torchvision and the TPU ResNet-50
     of the paper's iNaturalist code [8]); the last BN starts with gamma = 0 (as there), so each
     block starts as the identity.
     """
-    y = _conv_bn(x, filters, 1, 1, f"{name}_1")
-    y = _conv_bn(y, filters, 3, strides, f"{name}_2")
-    y = _conv_bn(y, 4 * filters, 1, 1, f"{name}_3", relu=False, zero_gamma=True)
-    return _residual_output(y, x, 4 * filters, strides, name)
+    y = _conv_bn(x, filters, 1, 1, f"{name}_1", padding)
+    y = _conv_bn(y, filters, 3, strides, f"{name}_2", padding)
+    y = _conv_bn(y, 4 * filters, 1, 1, f"{name}_3", padding, relu=False, zero_gamma=True)
+    return _residual_output(y, x, 4 * filters, strides, name, padding)
 
 
 def resnet18(
@@ -290,6 +338,7 @@ def resnet18(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     classifier: str = "linear",
+    padding: str = "symmetric",
 ) -> keras.Model:
     """ResNet-18 for 64x64 Tiny-ImageNet (and other small) images.
 
@@ -303,11 +352,11 @@ def resnet18(
     Args and returns: as `cifar_resnet` (no depth).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 3, 1, "stem")
+    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 3, 1, "stem", padding)
     for stage, filters in enumerate(WIDTHS):
         for block in range(2):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _projection_basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
+            x = _projection_basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, _classifier(features, num_classes, classifier), name="resnet18")
 
@@ -318,6 +367,7 @@ def resnet50(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     classifier: str = "linear",
+    padding: str = "symmetric",
 ) -> keras.Model:
     """ResNet-50 for 224x224 images (iNaturalist 2018).
 
@@ -329,12 +379,16 @@ def resnet50(
     Args and returns: as `cifar_resnet` (no depth).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 7, 2, "stem")
-    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 7, 2, "stem", padding)
+    if padding == "symmetric":  # 1 each side; zeros equal PyTorch's -inf padding after a ReLU.
+        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+    x = layers.MaxPooling2D(
+        3, strides=2, padding="valid" if padding == "symmetric" else "same", name="stem_pool"
+    )(x)
     for stage, (filters, blocks) in enumerate(zip(WIDTHS, (3, 4, 6, 3), strict=True)):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _bottleneck_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
+            x = _bottleneck_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, _classifier(features, num_classes, classifier), name="resnet50")
 

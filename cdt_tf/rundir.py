@@ -70,9 +70,9 @@ def read_json(path: str, what: str = "", remedy: str = ""):
 
 
 def config_from_dict(values: dict) -> Config:
-    """The Config stored in a run's config.json (fields it lacks take their defaults)."""
+    """The Config stored in a run's config.json (fields it lacks take Config.stored_value's values)."""
     names = {field.name for field in dataclasses.fields(Config)}
-    values = {k: v for k, v in values.items() if k in names}
+    values = {k: v for k, v in {**Config.LEGACY_VALUES, **values}.items() if k in names}
     try:
         values["decay_epochs"] = tuple(values.get("decay_epochs", ()))
         values["decay_multipliers"] = tuple(values.get("decay_multipliers", ()))
@@ -95,7 +95,9 @@ def prepare(config: Config) -> dict:
     stored = read_json(path, "object", "use a new --model_dir")
     differences = config.differences(stored)
     if differences:
-        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {config.to_dict().get(k)!r}" for k in differences[:4])
+        shown = ", ".join(
+            f"{k}: {Config.stored_value(stored, k)!r} -> {config.to_dict().get(k)!r}" for k in differences[:4]
+        )
         raise UserError(
             f"--model_dir {config.model_dir} holds a run with another config ({shown}); "
             "use a new --model_dir, or the same flags to resume it"

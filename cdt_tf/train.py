@@ -272,7 +272,13 @@ def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
 
     def build_model() -> keras.Model:
         return models.build_model(
-            config.resolved_model, data.num_classes, input_shape, mean, std, config.resolved_classifier
+            config.resolved_model,
+            data.num_classes,
+            input_shape,
+            mean,
+            std,
+            config.resolved_classifier,
+            config.conv_padding,
         )
 
     model = build_model()

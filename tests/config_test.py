@@ -60,6 +60,17 @@ def test_differences_ignore_only_resumable_fields():
     assert config.differences({**stored, "new_field": 1}) == ["new_field"]
 
 
+def test_a_run_stored_before_conv_padding_existed_used_same_padding():
+    config = _config()
+    assert config.conv_padding == "symmetric"
+    legacy = {k: v for k, v in config.to_dict().items() if k != "conv_padding"}
+    # Resuming it with today's default would put its weights into another architecture: refused.
+    assert config.differences(legacy) == ["conv_padding"]
+    assert dataclasses.replace(config, conv_padding="same").differences(legacy) == []
+    assert config_lib.Config.stored_value(legacy, "conv_padding") == "same"
+    assert config_lib.Config.stored_value(legacy, "gamma") == config.gamma
+
+
 def test_from_flags_parses_lists():
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)

@@ -306,3 +306,77 @@ def test_same_global_seed_same_initial_weights_in_fresh_processes():
     )
     outputs = [run_command(sys.executable, "-c", code).stdout.strip().splitlines()[-1] for _ in range(2)]
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("padding, centre_offset", [("symmetric", 0), ("same", 1)])
+def test_strided_convolutions_are_centred_where_the_shortcut_samples(padding, centre_offset):
+    """With a centre-tap kernel a stride-2 conv returns the input pixel its window is centred on.
+
+    symmetric: output (i, j) sees input (2i, 2j), the pixel ZeroPadShortcut keeps (x[::2, ::2]);
+    Keras "same" (the padding of runs before conv_padding existed) sees (2i + 1, 2j + 1).
+    """
+    inputs = keras.Input((8, 8, 1))
+    x = models._conv_bn(inputs, 1, 3, 2, "probe", padding, relu=False)
+    model = keras.Model(inputs, x)
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 1, 0, 0] = 1.0
+    model.get_layer("probe_conv").set_weights([kernel])
+    image = np.arange(64, dtype=np.float32).reshape(1, 8, 8, 1)
+    out = model(image, training=False).numpy()[0, :, :, 0]
+    bn = 1.0 / np.sqrt(1.0 + models.BN_EPSILON)  # Inference BN: mean 0, variance 1.
+    expected = image[0, centre_offset::2, centre_offset::2, 0] * bn
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    shortcut = ZeroPadShortcut(0)(image).numpy()[0, :, :, 0]
+    assert np.array_equal(shortcut, image[0, ::2, ::2, 0])
+    assert (centre_offset == 0) == np.allclose(out, shortcut * bn, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, shape", [("resnet32", (32, 32, 3)), ("resnet18", (64, 64, 3)), ("resnet50", (64, 64, 3))]
+)
+def test_padding_keeps_shapes_and_parameters(name, shape):
+    built = {
+        padding: models.build_model(name, 5, shape, (0.5,) * 3, (0.25,) * 3, padding=padding)
+        for padding in models.CONV_PADDINGS
+    }
+    assert built["symmetric"].output_shape == built["same"].output_shape == (None, 5)
+    assert _trainable_count(built["symmetric"]) == _trainable_count(built["same"])
+    pads = [layer.name for layer in built["symmetric"].layers if isinstance(layer, keras.layers.ZeroPadding2D)]
+    assert pads and not any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in built["same"].layers)
+    with pytest.raises(ValueError, match="padding"):
+        models.build_model(name, 5, shape, (0.5,) * 3, (0.25,) * 3, padding="reflect")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fused_bn_takes_low_precision_inputs_without_casts(dtype):
+    """Mixed precision: bf16/f16 go into the fused kernel as they are; statistics stay float32-exact."""
+    x = np.random.default_rng(2).normal(2.0, 3.0, (16, 4, 4, 3)).astype(np.float32)
+    low = tf.cast(x, dtype)
+    outputs = {}
+    _, _, weights = _bn_pair(3, 0)
+    for cast in (False, True):
+        layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=f"mixed_{dtype}")
+        layer.build((None, 4, 4, 3))
+        layer.set_weights(weights)
+        layer.cast_to_float32 = cast
+        outputs[cast] = (layer(low, training=True), layer)
+    direct, cast_path = outputs[False], outputs[True]
+    assert direct[0].dtype == low.dtype
+    casts = {}
+    for cast, (_, layer) in outputs.items():
+        graph = tf.function(lambda t, layer=layer: layer(t, training=True)).get_concrete_function(low).graph
+        casts[cast] = sum(op.type == "Cast" for op in graph.get_operations())
+    assert casts == {False: 0, True: 2}
+    np.testing.assert_allclose(
+        tf.cast(direct[0], tf.float32).numpy(), tf.cast(cast_path[0], tf.float32).numpy(), atol=0.05
+    )
+    # The moving statistics of the low-precision input, computed in float32 by the kernel.
+    pixels = tf.cast(low, tf.float64).numpy().reshape(-1, 3)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(direct[1].moving_mean), 0.9 * weights[2] + 0.1 * pixels.mean(0), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(direct[1].moving_variance),
+        0.9 * weights[3] + 0.1 * pixels.var(0, ddof=1),
+        rtol=1e-4,
+    )

@@ -137,3 +137,14 @@ def test_collect_run_copies_the_record_without_checkpoints(finished_run, tmp_pat
     unfinished.mkdir()
     refused = run_command(sys.executable, tool, f"--run={unfinished}", f"--results_dir={tmp_path}")
     assert refused.returncode == 2 and "no config.json" in refused.stderr
+
+
+def test_a_run_from_before_conv_padding_resumes_only_with_same_padding(tmp_path):
+    config = config_lib.Config(dataset="digits", model_dir=str(tmp_path)).validate()
+    legacy = {k: v for k, v in config.to_dict().items() if k != "conv_padding"}
+    (tmp_path / rundir.CONFIG).write_text(json.dumps(legacy))
+    with pytest.raises(UserError, match="conv_padding: 'same' -> 'symmetric'"):
+        rundir.prepare(config)
+    same = config_lib.Config(dataset="digits", model_dir=str(tmp_path), conv_padding="same").validate()
+    assert rundir.prepare(same)["gamma"] == config.gamma
+    assert rundir.config_from_dict(legacy).conv_padding == "same"

@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from cdt_tf import catalog, distribution, input_pipeline, models, run_data, train  # noqa: E402
@@ -36,6 +37,19 @@ flags.DEFINE_enum(
     None,
     catalog.PRECISIONS,
     "Precision to time (resolved as cdt_tf.main's --precision). Default: the CLI's default.",
+)
+flags.DEFINE_enum(
+    "conv_padding",
+    config_lib.Config.conv_padding,
+    catalog.CONV_PADDINGS,
+    "How strided convolutions pad (cdt_tf.main's --conv_padding; default: the CLI's default).",
+)
+flags.DEFINE_integer("repeats", 3, "Timed fits of --train_steps each; the median and each are printed.")
+flags.DEFINE_bool(
+    "bn_cast_float32",
+    False,
+    "Cast each batch norm's low-precision input to float32 and back around the fused kernel (the "
+    "path before 2026-12-03), to time against the default that feeds it bfloat16 directly.",
 )
 flags.DEFINE_bool(
     "keras_batchnorm", False, "Use keras.layers.BatchNormalization instead of the fused TensorFlow kernel."
@@ -70,9 +84,12 @@ def main(_):
 
     requested = FLAGS.precision or config_lib.Config.precision  # The dataclass default is the CLI's.
     precision = distribution.set_precision(distribution.machine_precision(requested))
+    models.FusedBatchNormalization.cast_to_float32 = FLAGS.bn_cast_float32
     if FLAGS.keras_batchnorm:
         models.FusedBatchNormalization = keras.layers.BatchNormalization
-    model = models.build_model(FLAGS.model, 10, images.shape[1:], *data.normalization())
+    model = models.build_model(
+        FLAGS.model, 10, images.shape[1:], *data.normalization(), padding=FLAGS.conv_padding
+    )
     model.compile(
         optimizer=CoupledDecaySGD(coupled_weight_decay=2e-4, learning_rate=0.1, momentum=0.9),
         loss=train.build_loss(config, class_counts),
@@ -81,16 +98,20 @@ def main(_):
     )
     repeated = dataset.repeat()
     model.fit(repeated, steps_per_epoch=10, epochs=1, verbose=0)  # Tracing and warm-up.
-    start = time.time()
-    model.fit(repeated, steps_per_epoch=FLAGS.train_steps, epochs=1, verbose=0)
-    train_rate = FLAGS.train_steps * FLAGS.batch_size / (time.time() - start)
+    rates = []
+    for _ in range(FLAGS.repeats):
+        start = time.time()
+        model.fit(repeated, steps_per_epoch=FLAGS.train_steps, epochs=1, verbose=0)
+        rates.append(FLAGS.train_steps * FLAGS.batch_size / (time.time() - start))
+    train_rate = float(np.median(rates))
     variant = (
-        f"{precision} (--precision={requested}), jit_compile={FLAGS.jit_compile}, "
+        f"{precision} (--precision={requested}), conv_padding={FLAGS.conv_padding}, "
+        f"bn_cast_float32={FLAGS.bn_cast_float32}, jit_compile={FLAGS.jit_compile}, "
         f"keras_batchnorm={FLAGS.keras_batchnorm}"
     )
     print(
         f"{FLAGS.model} training ({FLAGS.loss}, batch {FLAGS.batch_size}, {variant}): "
-        f"{train_rate:,.0f} images/s",
+        f"{train_rate:,.0f} images/s (median of {', '.join(f'{r:,.0f}' for r in rates)})",
         flush=True,
     )
     print(f"pipeline / training = {pipeline_rate / train_rate:.1f}x")

@@ -6,6 +6,8 @@
 # Start it again after a session ends (or a run is killed): a finished run returns at once, an
 # unfinished one resumes from its last finished epoch, the rest start in order. One run at a time is
 # the fastest use of 2 cores. Then: python tools/collect_run.py --run=~/cdt-runs/<name> [--export].
+# --conv_padding=same: the CDT and ERM runs started before symmetric padding became the default (their
+# config.json has no conv_padding, so they resume only with "same"); the rest of the row matches them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -16,6 +18,6 @@ mkdir -p "$RUNS_DIR"
 for name in ${RUNS:-cifar10_lt100_cdt cifar10_lt100_ce cifar10_lt100_ldam_drw cifar10_lt100_resample}; do
   echo "== $(date -u +%FT%TZ) $name"
   "$PYTHON" -m cdt_tf.main --flagfile="flags/$name.cfg" --data_dir="$DATA_DIR" \
-    --precision=mixed_bfloat16 --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+    --precision=mixed_bfloat16 --conv_padding=same --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
 done
 echo "== $(date -u +%FT%TZ) done"

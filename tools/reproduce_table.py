@@ -25,6 +25,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from recipes import FULL_EPOCHS, REPO, compressed_flags, flagfile_values, read_results  # noqa: E402
+
 from cdt_tf import paper_results  # noqa: E402
 
 _TABLE = flags.DEFINE_enum(
@@ -53,39 +55,6 @@ _RUN = flags.DEFINE_bool("run", True, "Train missing runs; --norun only collects
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the Markdown table to this file.")
 _PYTHON = flags.DEFINE_string("python", sys.executable, "Python that runs cdt_tf.main.")
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-FULL_EPOCHS = 200
-SCALED_FLAGS = ("warmup_epochs", "drw_epoch", "gamma_epoch")
-
-
-def flagfile_values(path: str) -> dict[str, str]:
-    """--name=value lines of a flagfile (comments skipped)."""
-    values = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("--") and "=" in line:
-                name, value = line[2:].split("=", 1)
-                values[name] = value
-    return values
-
-
-def compressed_flags(values: dict[str, str], epochs: int) -> list[str]:
-    """Flags that shrink a 200-epoch recipe to `epochs`: every epoch count scaled by epochs / 200, rounded."""
-    if epochs == FULL_EPOCHS:
-        return []
-
-    def scale(epoch: int, minimum: int = 0) -> int:
-        return max(minimum, int((epoch * epochs + FULL_EPOCHS // 2) // FULL_EPOCHS))
-
-    out = [f"--epochs={epochs}"]
-    for name in SCALED_FLAGS:
-        if int(values.get(name, "0")):
-            out.append(f"--{name}={scale(int(values[name]), minimum=1)}")
-    decays = [scale(int(e), minimum=1) for e in values.get("decay_epochs", "160,180").split(",")]
-    out.append("--decay_epochs=" + ",".join(str(d) for d in decays))
-    return out
-
 
 def cell_command(dataset: str, profile: str, ratio: int, suffix: str, epochs: int, runs_dir: str, data_dir):
     name = f"{dataset}_{profile}{ratio}_{suffix}"
@@ -96,14 +65,6 @@ def cell_command(dataset: str, profile: str, ratio: int, suffix: str, epochs: in
         command.append(f"--data_dir={data_dir}")
     command += compressed_flags(flagfile_values(os.path.join(REPO, flagfile)), epochs)
     return run_dir, command
-
-
-def read_results(run_dir: str):
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def cell_value(results, post: str | None):

@@ -1,0 +1,91 @@
+"""tools/cdt_plus_ladder.py: the rungs' command lines, resuming, and the table chosen on validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from conftest import REPO_ROOT, run_command
+
+LADDER = os.path.join(REPO_ROOT, "tools", "cdt_plus_ladder.py")
+
+# Stands in for `python -m cdt_tf.main`: records its argv and writes a finished run's results.json
+# whose validation top-1 grows with the number of flags (so the longest rung is best on validation)
+# and whose test top-1 falls with it (so a tool choosing on test would pick another rung).
+FAKE_MAIN = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+model_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--model_dir="))
+os.makedirs(model_dir, exist_ok=True)
+with open(os.path.join(model_dir, "argv.json"), "w") as f:
+    json.dump(args, f)
+n = len(args)
+results = {{
+    "top1": 1.0 - n / 100, "validation": {{"top1": n / 100}},
+    "many_medium_few": {{"many": 0.8, "medium": 0.6, "few": None}}, "train_seconds": 1800.0,
+    "post_hoc": {{"nc_tau": {{"tau": 0.1, "top1": 0.75, "selected_on": "validation"}},
+                 "logit_adjustment": {{"tau": 1.0, "top1": 0.7, "selected_on": "test"}}}},
+}}
+with open(os.path.join(model_dir, "results.json"), "w") as f:
+    json.dump(results, f)
+"""
+
+
+def _fake_python(tmp_path):
+    path = tmp_path / "fake_python"
+    path.write_text(FAKE_MAIN.format(python=sys.executable))
+    path.chmod(0o755)
+    return str(path)
+
+
+def _ladder(*args):
+    return run_command(sys.executable, LADDER, *args, timeout=120)
+
+
+def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validation(tmp_path):
+    runs = tmp_path / "runs"
+    result = _ladder(
+        f"--runs_dir={runs}",
+        f"--python={_fake_python(tmp_path)}",
+        "--rungs=cdt,wd5e-4,wd5e-4+mixup",
+        "--data_dir=../shared/data/cifar10-jpeg",
+        "--epochs=60",
+        "--val_per_class=100",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    argv = json.loads((runs / "wd5e-4+mixup" / "argv.json").read_text())
+    assert argv[:2] == ["-m", "cdt_tf.main"]
+    assert "--flagfile=flags/cifar10_lt100_cdt.cfg" in argv
+    # The 200-epoch schedule compressed to 60 (warm-up 5 -> 2, decays 160,180 -> 48,54).
+    for flag in ("--epochs=60", "--warmup_epochs=2", "--decay_epochs=48,54", "--val_per_class=100"):
+        assert flag in argv
+    assert "--precision=mixed_bfloat16" in argv and "--seed=0" in argv
+    assert "--weight_decay=5e-4" in argv and "--mixup_alpha=1.0" in argv
+    # The data directory is made absolute: a resumed run must see the path it started with.
+    assert f"--data_dir={os.path.realpath(os.path.join(REPO_ROOT, '../shared/data/cifar10-jpeg'))}" in argv
+    base = json.loads((runs / "cdt" / "argv.json").read_text())
+    assert not any(a.startswith(("--weight_decay=5", "--mixup")) for a in base)
+    assert "Best on validation: wd5e-4+mixup" in result.stdout
+    # Post-hoc cells are shown only when tau was selected on the validation split.
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| cdt |"))
+    assert "75.0 (τ 0.1)" in row and row.count("—") == 2  # few (n/a) and LA (tau chosen on test).
+
+
+def test_a_finished_rung_is_collected_not_rerun(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "cdt").mkdir(parents=True)
+    (runs / "cdt" / "results.json").write_text(json.dumps({"top1": 0.7, "validation": {"top1": 0.72}}))
+    result = _ladder(f"--runs_dir={runs}", f"--python={_fake_python(tmp_path)}", "--rungs=cdt")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (runs / "cdt" / "argv.json").exists()
+    assert "| cdt | CDT γ = 0.3, the paper's recipe | 72.0 | 70.0 |" in result.stdout
+
+
+def test_norun_collects_only_and_an_unknown_lever_is_refused_before_any_run(tmp_path):
+    result = _ladder(f"--runs_dir={tmp_path}", "--rungs=cdt", "--norun")
+    assert result.returncode == 0 and "Best on validation: —" in result.stdout
+    result = _ladder(f"--runs_dir={tmp_path}", f"--python={_fake_python(tmp_path)}", "--rungs=cdt,mixup+dropout")
+    assert result.returncode != 0
+    assert "unknown lever(s) ['dropout']" in result.stderr
+    assert not (tmp_path / "cdt").exists()
