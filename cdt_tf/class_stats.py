@@ -117,6 +117,32 @@ def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> np.nda
     return margins * (max_margin / margins.max())
 
 
+def label_aware_smoothing(class_counts: Sequence[int], head: float, tail: float) -> np.ndarray:
+    """Label-aware smoothing factors of Zhong et al. (MiSLAS, CVPR 2021), their "concave" shape.
+
+    eps_c = tail + (head - tail) * sin(pi / 2 * (N_c - N_min) / (N_max - N_min)): the largest class
+    gets `head`, the smallest `tail`. A class-c target is then (1 - eps_c) e_c + eps_c / C
+    (`smoothed_targets`). Equal counts give every class `head`.
+
+    Returns:
+      float64 [C].
+    """
+    counts = _positive_counts(class_counts)
+    for name, value in (("head", head), ("tail", tail)):
+        if not 0 <= value < 1:
+            raise ValueError(f"label-aware smoothing {name} must be in [0, 1), got {value}")
+    spread = counts.max() - counts.min()
+    position = np.ones_like(counts) if spread == 0 else (counts - counts.min()) / spread
+    return tail + (head - tail) * np.sin(0.5 * np.pi * position)
+
+
+def smoothed_targets(epsilon: Sequence[float]) -> np.ndarray:
+    """Row c: the soft target of class c, (1 - eps_c) e_c + eps_c / C; float64 [C, C], rows sum to 1."""
+    epsilon = np.asarray(epsilon, np.float64)
+    num_classes = epsilon.size
+    return np.eye(num_classes) * (1.0 - epsilon)[:, None] + (epsilon / num_classes)[:, None]
+
+
 def log_prior(class_counts: Sequence[int]) -> np.ndarray:
     """log pi_c = log(N_c / sum_k N_k), the training label prior (logit adjustment), float64 [C]."""
     counts = _positive_counts(class_counts)

@@ -41,10 +41,13 @@ def train_linear_classifier(
     learning_rate: float = 0.1,
     weight_decay: float = 2e-4,
     seed: int = 0,
+    smoothing=None,
 ):
     """A new Dense(num_classes) on fixed features; returns (kernel [D, C], bias [C]).
 
     sampler: "class_balanced" (each class equally likely per example; cRT) or "instance".
+    smoothing: per-class label smoothing eps_c [C] (label-aware smoothing), or None for one-hot
+    targets; the loss is then the cross-entropy against `class_stats.smoothed_targets`.
     An epoch is len(labels) // batch_size steps (at least 1).
     """
     import keras
@@ -70,14 +73,20 @@ def train_linear_classifier(
         )
     else:
         raise UserError(f"unknown --sampler {sampler!r}; use class_balanced or instance")
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if smoothing is not None:
+        targets = tf.constant(class_stats.smoothed_targets(smoothing), tf.float32)
+        dataset = dataset.map(lambda x, y: (x, tf.gather(targets, y)))
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     inputs = keras.Input(shape=(features.shape[1],), name="features")
     outputs = keras.layers.Dense(num_classes, name="classifier")(inputs)
     head = keras.Model(inputs, outputs)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps)
     head.compile(
         optimizer=CoupledDecaySGD(coupled_weight_decay=weight_decay, learning_rate=schedule, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=loss,
     )
     head.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
     layer = head.get_layer("classifier")
@@ -92,8 +101,19 @@ def retrain(
     sampler: str = "class_balanced",
     epochs: int = 30,
     data_dir: str | None = None,
+    smooth_head: float = 0.0,
+    smooth_tail: float = 0.0,
 ) -> dict:
-    """Retrains the classifier of a finished run on frozen features; writes and returns the record."""
+    """Retrains the classifier of a finished run on frozen features; writes and returns the record.
+
+    smooth_head, smooth_tail: label-aware smoothing (MiSLAS's second stage) of the new classifier's
+    targets, eps from smooth_head (largest class) to smooth_tail (smallest); both 0: one-hot (cRT).
+    The record holds the test split's accuracy and, for a run with --val_per_class, the
+    validation split's (choose the smoothing there).
+    """
+    for flag, value in (("--smooth_head", smooth_head), ("--smooth_tail", smooth_tail)):
+        if not 0 <= value < 1:
+            raise UserError(f"{flag} must be in [0, 1) (both 0: plain cRT), got {value}")
     run = rundir.load_finished(model_dir, data_dir)
     from cdt_tf import run_data  # Imports TensorFlow: after the directory is known good.
 
@@ -114,6 +134,9 @@ def retrain(
     print(
         f"Retraining the classifier on {data.size('train')} images, per class {list(counts)} ...", flush=True
     )
+    smoothing = None
+    if smooth_head or smooth_tail:
+        smoothing = class_stats.label_aware_smoothing(counts, smooth_head, smooth_tail)
     network = probe(run.model)
     train = extract(network, data.eval_dataset("train"), data.labels("train"))
     kernel, bias = train_linear_classifier(
@@ -124,15 +147,22 @@ def retrain(
         epochs=epochs,
         weight_decay=config.weight_decay,
         seed=config.seed,
+        smoothing=smoothing,
     )
     test = extract(network, run.data.eval_dataset("test"), run.data.labels("test"))
     summary = evaluate.summarize(test.features @ kernel + bias, test.labels, run.class_counts)
+    validation = None
+    if run.data.size("validation"):
+        held = extract(network, run.data.eval_dataset("validation"), run.data.labels("validation"))
+        validation = evaluate.summarize(held.features @ kernel + bias, held.labels, run.class_counts)
     if own:
         tag = "own"
     elif config.imbalance == "none":
         tag = f"balanced_max{config.max_per_class}"
     else:
         tag = f"{config.imbalance}{config.imbalance_ratio:g}_max{config.max_per_class}"
+    if smoothing is not None:
+        tag += f"_las{smooth_head:g}-{smooth_tail:g}"
     record = {
         "features_from": os.path.basename(os.path.normpath(model_dir)),
         "classifier_data": {
@@ -143,17 +173,32 @@ def retrain(
         },
         "sampler": sampler,
         "epochs": epochs,
+        "label_aware_smoothing": (
+            None
+            if smoothing is None
+            else {
+                "head": smooth_head,
+                "tail": smooth_tail,
+                "epsilon": [round(float(e), 6) for e in smoothing],
+            }
+        ),
         "method": "new Dense on frozen, unaugmented features; SGD 0.9, cosine-decayed LR 0.1, batch 512",
         "top1": summary["top1"],
         "top5": summary["top5"],
         "many_medium_few": summary["many_medium_few"],
         "per_class_accuracy": summary["per_class_accuracy"],
+        "validation": (
+            None
+            if validation is None
+            else {k: validation[k] for k in ("top1", "top5", "many_medium_few", "per_class_accuracy")}
+        ),
     }
     rundir.write_json(os.path.join(model_dir, f"retrained_{tag}_{sampler}.json"), record)
     if own and sampler == "class_balanced":
         results_path = os.path.join(model_dir, rundir.RESULTS)
         results = rundir.read_json(results_path, "object")
-        results.setdefault("post_hoc", {})["crt"] = {"tau": None, "selected_on": None, **record}
+        key = "crt" if smoothing is None else "crt_las"
+        results.setdefault("post_hoc", {})[key] = {"tau": None, "selected_on": None, **record}
         rundir.write_json(results_path, results)
     return record
 
@@ -162,12 +207,21 @@ def command(flag_values) -> None:
     """`python -m cdt_tf.retrain_classifier`: retrain, write the record, print its top-1."""
     f = flag_values
     record = retrain(
-        f.model_dir, f.imbalance, f.imbalance_ratio, f.max_per_class, f.sampler, f.epochs, f.data_dir
+        f.model_dir,
+        f.imbalance,
+        f.imbalance_ratio,
+        f.max_per_class,
+        f.sampler,
+        f.epochs,
+        f.data_dir,
+        f.smooth_head,
+        f.smooth_tail,
     )
     groups = ", ".join(
         f"{k} {'—' if v is None else f'{100 * v:.2f}%'}" for k, v in record["many_medium_few"].items()
     )
-    print(f"Retrained classifier: top-1 {100 * record['top1']:.2f}% | {groups}")
+    held = "" if record["validation"] is None else f" (validation {100 * record['validation']['top1']:.2f}%)"
+    print(f"Retrained classifier: top-1 {100 * record['top1']:.2f}%{held} | {groups}")
 
 
 def define_flags(flag_values) -> None:
@@ -187,6 +241,14 @@ def define_flags(flag_values) -> None:
     define["integer"]("max_per_class", None, "Classifier data: N_max (default: the run's).")
     define["enum"]("sampler", "class_balanced", catalog.SAMPLERS[::-1], "Batches for the new classifier.")
     define["integer"]("epochs", 30, "Epochs over the classifier data.")
+    define["float"](
+        "smooth_head",
+        0.0,
+        "Label-aware smoothing (Zhong et al. 2021): eps of the largest class, in [0, 1). With "
+        "--smooth_tail, eps_c falls from head to tail along sin(pi/2 (N_c - N_min) / (N_max - N_min)). "
+        "0 and 0: one-hot targets (plain cRT).",
+    )
+    define["float"]("smooth_tail", 0.0, "Label-aware smoothing: eps of the smallest class, in [0, 1).")
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
 
 

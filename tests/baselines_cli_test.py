@@ -236,3 +236,26 @@ def test_post_hoc_cli_keeps_the_crt_entry(tmp_path, cli):
     again = _module("cdt_tf.post_hoc", f"--model_dir={model_dir}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert {"crt", "nc_tau", "ncm"} <= set(_results(model_dir)["post_hoc"])
+
+
+def test_crt_with_label_aware_smoothing_reports_validation(tmp_path, cli):
+    model_dir = tmp_path / "run"
+    assert cli(*DIGITS, "--val_per_class=5", f"--model_dir={model_dir}").returncode == 0
+    bad = _module("cdt_tf.retrain_classifier", f"--model_dir={model_dir}", "--smooth_head=1.5")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "cdt_tf: error: --smooth_head"
+    )
+    result = _module(
+        "cdt_tf.retrain_classifier",
+        f"--model_dir={model_dir}",
+        "--epochs=2",
+        "--smooth_head=0.3",
+        "--smooth_tail=0.1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(validation " in result.stdout
+    record = json.load(open(model_dir / "retrained_own_las0.3-0.1_class_balanced.json"))
+    epsilon = record["label_aware_smoothing"]["epsilon"]
+    assert epsilon[0] == pytest.approx(0.3) and epsilon[-1] == pytest.approx(0.1)
+    assert 0 <= record["validation"]["top1"] <= 1
+    assert "crt_las" in _results(model_dir)["post_hoc"] and "crt" not in _results(model_dir)["post_hoc"]

@@ -17,6 +17,14 @@ FAKE_MAIN = """#!{python}
 import json, os, sys
 args = sys.argv[1:]
 model_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--model_dir="))
+if args[1] == "cdt_tf.retrain_classifier":
+    head = next((a.split("=", 1)[1] for a in args if a.startswith("--smooth_head=")), None)
+    tail = next((a.split("=", 1)[1] for a in args if a.startswith("--smooth_tail=")), None)
+    name = "own" if head is None else "own_las%g-%g" % (float(head), float(tail))
+    record = {{"top1": 0.5, "validation": {{"top1": 0.99 if head else 0.2}}}}
+    with open(os.path.join(model_dir, "retrained_%s_class_balanced.json" % name), "w") as f:
+        json.dump(record, f)
+    sys.exit(0)
 os.makedirs(model_dir, exist_ok=True)
 with open(os.path.join(model_dir, "argv.json"), "w") as f:
     json.dump(args, f)
@@ -24,7 +32,8 @@ n = len(args)
 results = {{
     "top1": 1.0 - n / 100, "validation": {{"top1": n / 100}},
     "many_medium_few": {{"many": 0.8, "medium": 0.6, "few": None}}, "train_seconds": 1800.0,
-    "post_hoc": {{"nc_tau": {{"tau": 0.1, "top1": 0.75, "selected_on": "validation"}},
+    "post_hoc": {{"nc_tau": {{"tau": 0.1, "top1": 0.75, "selected_on": "validation",
+                             "sweep": {{"split": "validation", "taus": [0, 0.1], "top1": [0.6, 0.7]}}}},
                  "logit_adjustment": {{"tau": 1.0, "top1": 0.7, "selected_on": "test"}}}},
 }}
 with open(os.path.join(model_dir, "results.json"), "w") as f:
@@ -66,26 +75,33 @@ def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validat
     assert f"--data_dir={os.path.realpath(os.path.join(REPO_ROOT, '../shared/data/cifar10-jpeg'))}" in argv
     base = json.loads((runs / "cdt" / "argv.json").read_text())
     assert not any(a.startswith(("--weight_decay=5", "--mixup")) for a in base)
-    assert "Best on validation: wd5e-4+mixup" in result.stdout
-    # Post-hoc cells are shown only when tau was selected on the validation split.
+    # Post-hoc cells are shown only when tau was selected on the validation split (LA's was not).
     row = next(line for line in result.stdout.splitlines() if line.startswith("| cdt |"))
-    assert "75.0 (τ 0.1)" in row and row.count("—") == 2  # few (n/a) and LA (tau chosen on test).
+    assert "| 70.0 / 75.0 (τ 0.1) | — |" in row
+    # The second stages ran on every rung; cRT+LAS has the best validation top-1 of all cells.
+    assert "| 20.0 / 50.0 | 99.0 / 50.0 |" in row
+    assert "Best on validation: cdt, cRT+LAS (99.0; its test top-1 50.0)" in result.stdout
 
 
 def test_a_finished_rung_is_collected_not_rerun(tmp_path):
     runs = tmp_path / "runs"
     (runs / "cdt").mkdir(parents=True)
     (runs / "cdt" / "results.json").write_text(json.dumps({"top1": 0.7, "validation": {"top1": 0.72}}))
-    result = _ladder(f"--runs_dir={runs}", f"--python={_fake_python(tmp_path)}", "--rungs=cdt")
+    result = _ladder(
+        f"--runs_dir={runs}", f"--python={_fake_python(tmp_path)}", "--rungs=cdt", "--nosecond_stage"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (runs / "cdt" / "argv.json").exists()
+    assert "Best on validation: cdt, argmax (72.0; its test top-1 70.0)" in result.stdout
     assert "| cdt | CDT γ = 0.3, the paper's recipe | 72.0 | 70.0 |" in result.stdout
 
 
 def test_norun_collects_only_and_an_unknown_lever_is_refused_before_any_run(tmp_path):
     result = _ladder(f"--runs_dir={tmp_path}", "--rungs=cdt", "--norun")
     assert result.returncode == 0 and "Best on validation: —" in result.stdout
-    result = _ladder(f"--runs_dir={tmp_path}", f"--python={_fake_python(tmp_path)}", "--rungs=cdt,mixup+dropout")
+    result = _ladder(
+        f"--runs_dir={tmp_path}", f"--python={_fake_python(tmp_path)}", "--rungs=cdt,mixup+dropout"
+    )
     assert result.returncode != 0
     assert "unknown lever(s) ['dropout']" in result.stderr
     assert not (tmp_path / "cdt").exists()

@@ -341,7 +341,9 @@ def test_padding_keeps_shapes_and_parameters(name, shape):
     }
     assert built["symmetric"].output_shape == built["same"].output_shape == (None, 5)
     assert _trainable_count(built["symmetric"]) == _trainable_count(built["same"])
-    pads = [layer.name for layer in built["symmetric"].layers if isinstance(layer, keras.layers.ZeroPadding2D)]
+    pads = [
+        layer.name for layer in built["symmetric"].layers if isinstance(layer, keras.layers.ZeroPadding2D)
+    ]
     assert pads and not any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in built["same"].layers)
     with pytest.raises(ValueError, match="padding"):
         models.build_model(name, 5, shape, (0.5,) * 3, (0.25,) * 3, padding="reflect")

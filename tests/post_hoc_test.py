@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cdt_tf import diagnosis, post_hoc, retrain_classifier
+from cdt_tf import class_stats, diagnosis, post_hoc, retrain_classifier
 from cdt_tf.errors import UserError
 from cdt_tf.features import Features
 
@@ -134,3 +134,35 @@ def test_class_balanced_retraining_favours_minor_classes_more_than_instance():
         )
         predicted_minor[sampler] = ((features @ kernel + bias).argmax(1) == 1).mean()
     assert predicted_minor["class_balanced"] > predicted_minor["instance"] + 0.05
+
+
+def test_label_aware_smoothing_runs_from_head_to_tail():
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    eps = class_stats.label_aware_smoothing(counts, head=0.3, tail=0.0)
+    assert eps[0] == pytest.approx(0.3) and eps[-1] == pytest.approx(0.0)
+    assert np.all(np.diff(eps) < 0)
+    # Concave in N_c: the mid-sized class sits above the straight line between the ends.
+    linear = 0.3 * (1077 - 50) / (5000 - 50)
+    assert eps[3] > linear
+    targets = class_stats.smoothed_targets(eps)
+    np.testing.assert_allclose(targets.sum(1), 1.0)
+    np.testing.assert_allclose(np.diag(targets), 1 - eps + eps / 10)
+    np.testing.assert_allclose(class_stats.label_aware_smoothing([7, 7], 0.2, 0.0), [0.2, 0.2])
+    with pytest.raises(ValueError, match="head"):
+        class_stats.label_aware_smoothing(counts, head=1.0, tail=0.0)
+
+
+def test_smoothed_targets_make_a_retrained_classifier_less_confident():
+    split, _ = synthetic_split(40, np.zeros(3), 4)
+    confidence = {}
+    for name, smoothing in (("one_hot", None), ("smoothed", np.full(3, 0.6))):
+        kernel, bias = retrain_classifier.train_linear_classifier(
+            split.features, split.labels, 3, epochs=20, batch_size=32, smoothing=smoothing
+        )
+        logits = split.features @ kernel + bias
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        confidence[name] = probabilities.max(1).mean()
+        assert (logits.argmax(1) == split.labels).mean() > 0.8
+    # The smoothed target's top probability is 1 - 0.6 + 0.2 = 0.6: the fit stays near it.
+    assert confidence["smoothed"] < 0.75 < confidence["one_hot"]

@@ -8,14 +8,16 @@ Every rung trains flags/cifar10_lt100_cdt.cfg (the paper's recipe, compressed to
 --val_per_class images a class carved out as a balanced validation split, plus its levers. A rung is
 a lever name or several joined by "+" ("wd5e-4+mixup"); "cdt" is the base alone. Choices are read
 off the validation column only: the test column is printed beside it, never used to choose (the
-post-hoc columns' tau is also selected on the validation split, by cdt_tf.post_hoc). Runs go one
-after the other; a finished rung is collected, not re-run, and a killed one resumes when the same
-command starts again.
+post-hoc columns' tau is also selected on the validation split, by cdt_tf.post_hoc). Each finished
+rung also gets two second stages on its frozen features (seconds each): cRT and cRT with label-aware
+smoothing (`python -m cdt_tf.retrain_classifier`). Runs go one after the other; a finished rung is
+collected, not re-run, and a killed one resumes when the same command starts again.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -56,6 +58,15 @@ _SEED = flags.DEFINE_integer("seed", 0, "--seed of every rung.")
 _RUN = flags.DEFINE_bool("run", True, "Train missing rungs; --norun only collects finished ones.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the Markdown table to this file.")
 _PYTHON = flags.DEFINE_string("python", sys.executable, "Python that runs cdt_tf.main.")
+_SECOND_STAGE = flags.DEFINE_bool(
+    "second_stage",
+    True,
+    "Also retrain each finished rung's classifier: cRT, and cRT with label-aware smoothing.",
+)
+_SMOOTH_HEAD = flags.DEFINE_float(
+    "smooth_head", 0.3, "cRT+LAS: smoothing of the largest class (MiSLAS's CIFAR-10)."
+)
+_SMOOTH_TAIL = flags.DEFINE_float("smooth_tail", 0.0, "cRT+LAS: smoothing of the smallest class.")
 _EXTRA = flags.DEFINE_multi_string(
     "extra", [], "A further cdt_tf.main flag for every rung (repeatable), e.g. --extra=--steps_per_epoch=2."
 )
@@ -94,32 +105,81 @@ def _percent(value) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def table_row(rung: str, results) -> str:
-    """One Markdown row: validation first (what chooses), then test, then post-hoc with tau on validation."""
+def stage_two_commands(run_dir: str) -> dict[str, tuple[str, list[str]]]:
+    """Second stages on a finished rung: name -> (record file in run_dir, retrain_classifier command)."""
+    base = [_PYTHON.value, "-m", "cdt_tf.retrain_classifier", f"--model_dir={run_dir}"]
+    head, tail = _SMOOTH_HEAD.value, _SMOOTH_TAIL.value
+    return {
+        "cRT": ("retrained_own_class_balanced.json", base),
+        "cRT+LAS": (
+            f"retrained_own_las{head:g}-{tail:g}_class_balanced.json",
+            base + [f"--smooth_head={head}", f"--smooth_tail={tail}"],
+        ),
+    }
+
+
+def choices(results, run_dir: str) -> dict[str, tuple]:
+    """Every way to classify with a rung's network: name -> (validation top-1, test top-1, tau or None).
+
+    "argmax" is the network as trained; the post-hoc rules count only where tau was selected on the
+    validation split (their validation top-1 is the sweep's best); the second stages where they ran.
+    """
+    if results is None:
+        return {}
+    found = {"argmax": (results.get("validation", {}).get("top1"), results["top1"], None)}
+    post = results.get("post_hoc", {})
+    for name, method in (("N_c^τ", "nc_tau"), ("LA", "logit_adjustment")):
+        entry = post.get(method)
+        if entry and entry.get("selected_on") == "validation" and "sweep" in entry:
+            found[name] = (max(entry["sweep"]["top1"]), entry["top1"], entry["tau"])
+    for name, (record_name, _) in stage_two_commands(run_dir).items():
+        record = read_json_or_none(os.path.join(run_dir, record_name))
+        if record is not None:
+            found[name] = ((record.get("validation") or {}).get("top1"), record["top1"], None)
+    return found
+
+
+def read_json_or_none(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+CHOICE_COLUMNS = ("N_c^τ", "LA", "cRT", "cRT+LAS")
+
+
+def table_row(rung: str, results, found: dict) -> str:
+    """One Markdown row: validation first (what chooses), then test, then the other ways to classify."""
     what = " + ".join(LEVERS[lever][0] for lever in rung_levers(rung)) or "CDT γ = 0.3, the paper's recipe"
     if results is None:
-        return f"| {rung} | {what} | " + " | ".join(["—"] * 8) + " |"
+        return f"| {rung} | {what} | " + " | ".join(["—"] * (7 + len(CHOICE_COLUMNS))) + " |"
     shots = results.get("many_medium_few", {})
-    post = results.get("post_hoc", {})
 
-    def post_cell(method: str) -> str:
-        entry = post.get(method)
-        if not entry or entry.get("selected_on") != "validation":
+    def cell(name: str) -> str:
+        if name not in found:
             return "—"
-        return f"{_percent(entry['top1'])} (τ {entry['tau']:g})"
+        validation, test, tau = found[name]
+        return f"{_percent(validation)} / {_percent(test)}" + ("" if tau is None else f" (τ {tau:g})")
 
     minutes = results.get("train_seconds")
     cells = [
-        _percent(results.get("validation", {}).get("top1")),
-        _percent(results["top1"]),
+        _percent(found["argmax"][0]),
+        _percent(found["argmax"][1]),
         _percent(shots.get("many")),
         _percent(shots.get("medium")),
         _percent(shots.get("few")),
-        post_cell("nc_tau"),
-        post_cell("logit_adjustment"),
+        *(cell(name) for name in CHOICE_COLUMNS),
         "—" if minutes is None else f"{minutes / 60:.0f}",
     ]
     return f"| {rung} | {what} | " + " | ".join(cells) + " |"
+
+
+def _run(command: list[str], label: str, failures: list[str]) -> None:
+    print(f"[{label}] {shlex.join(command)}", flush=True)
+    status = subprocess.run(command, cwd=REPO).returncode
+    if status:
+        failures.append(f"{label} (exit {status})")
 
 
 def main(argv):
@@ -133,26 +193,35 @@ def main(argv):
         command = rung_command(rung, run_dir)
         commands.append(shlex.join(["python"] + command[1:]))
         if read_results(run_dir) is None and _RUN.value:
-            print(f"[{rung}] {shlex.join(command)}", flush=True)
-            status = subprocess.run(command, cwd=REPO).returncode
-            if status:
-                failures.append(f"{rung} (exit {status})")
+            _run(command, rung, failures)
+        if _SECOND_STAGE.value and read_results(run_dir) is not None:
+            for name, (record_name, stage_command) in stage_two_commands(run_dir).items():
+                commands.append(shlex.join(["python"] + stage_command[1:]))
+                if _RUN.value and not os.path.exists(os.path.join(run_dir, record_name)):
+                    _run(stage_command, f"{rung} {name}", failures)
         results = read_results(run_dir)
-        rows.append(table_row(rung, results))
-        validation = None if results is None else results.get("validation", {}).get("top1")
-        if validation is not None and (best is None or validation > best[1]):
-            best = (rung, validation)
+        found = choices(results, run_dir)
+        rows.append(table_row(rung, results, found))
+        for name, (validation, test, _) in found.items():
+            if validation is not None and (best is None or validation > best[2]):
+                best = (rung, name, validation, test)
     lines = [
         f"CDT+ ladder: CIFAR-10-LT ρ = 100, {_EPOCHS.value} epochs, {_PRECISION.value}, seed {_SEED.value}, "
         f"{_VAL_PER_CLASS.value} validation images a class; {datetime.date.today().isoformat()}, "
-        f"{platform.node()} ({os.cpu_count()} CPUs). Top-1 %.",
+        f"{platform.node()} ({os.cpu_count()} CPUs). Top-1 %; the last columns are validation / test.",
         "",
-        "| rung | levers | validation | test | many | medium | few "
-        "| N_c^τ (τ on val) | LA (τ on val) | min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| rung | levers | validation | test | many | medium | few | "
+        + " | ".join(f"{name} (val / test)" for name in CHOICE_COLUMNS)
+        + " | min |",
+        "|---" * (8 + len(CHOICE_COLUMNS)) + "|",
         *rows,
         "",
-        "Best on validation: " + ("—" if best is None else f"{best[0]} ({100 * best[1]:.1f})"),
+        "Best on validation: "
+        + (
+            "—"
+            if best is None
+            else f"{best[0]}, {best[1]} ({_percent(best[2])}; its test top-1 {_percent(best[3])})"
+        ),
         "",
         "Commands:",
         "",
