@@ -57,7 +57,7 @@ def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validat
     result = _ladder(
         f"--runs_dir={runs}",
         f"--python={_fake_python(tmp_path)}",
-        "--rungs=cdt,wd5e-4,wd5e-4+mixup",
+        "--rungs=cdt,wd5e-4,wd5e-4+mixup,deferred",
         "--data_dir=../shared/data/cifar10-jpeg",
         "--epochs=60",
         "--val_per_class=100",
@@ -73,6 +73,9 @@ def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validat
     assert "--weight_decay=5e-4" in argv and "--mixup_alpha=1.0" in argv
     # The data directory is made absolute: a resumed run must see the path it started with.
     assert f"--data_dir={os.path.realpath(os.path.join(REPO_ROOT, '../shared/data/cifar10-jpeg'))}" in argv
+    # A lever's epochs follow the compressed schedule: gamma switches on at the first decay (48 of 60).
+    deferred = json.loads((runs / "deferred" / "argv.json").read_text())
+    assert "--gamma_schedule=step" in deferred and "--gamma_epoch=48" in deferred
     base = json.loads((runs / "cdt" / "argv.json").read_text())
     assert not any(a.startswith(("--weight_decay=5", "--mixup")) for a in base)
     # Post-hoc cells are shown only when tau was selected on the validation split (LA's was not).

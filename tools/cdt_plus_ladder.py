@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 from absl import app, flags
-from recipes import REPO, compressed_flags, flagfile_values, read_results
+from recipes import REPO, compressed_flags, flagfile_values, read_results, scale_epoch
 
 BASE_FLAGFILE = os.path.join("flags", "cifar10_lt100_cdt.cfg")
 BASE = "cdt"
@@ -39,10 +39,14 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cosine": ("cosine decay after the warm-up", ("--lr_schedule=cosine",)),
     "randaugment": ("RandAugment, 2 ops, factor 0.3", ("--randaugment_magnitude=0.3", "--randaugment_ops=2")),
     "cutout": ("Cutout 16 px", ("--cutout=16",)),
+    "deferred": (
+        "γ deferred: 0 until the first LR decay, then 0.3 (as DRW defers its weights)",
+        ("--gamma_schedule=step", "--gamma_epoch={first_decay}"),
+    ),
     "gamma0.5": ("gamma 0.5 (from 0.3)", ("--gamma=0.5",)),
     "gamma0.2": ("gamma 0.2 (from 0.3)", ("--gamma=0.2",)),
 }
-DEFAULT_RUNGS = ["cdt", "samepad", "wd5e-4", "mixup", "cosine", "randaugment", "cutmix", "cutout"]
+DEFAULT_RUNGS = ["cdt", "samepad", "wd5e-4", "mixup", "cosine", "randaugment", "cutmix", "cutout", "deferred"]
 
 _RUNGS = flags.DEFINE_list(
     "rungs",
@@ -96,8 +100,9 @@ def rung_command(rung: str, run_dir: str) -> list[str]:
         f"--precision={_PRECISION.value}",
         f"--seed={_SEED.value}",
     ]
+    first_decay = scale_epoch(160, _EPOCHS.value, minimum=1)  # The recipe's first decay, compressed.
     for lever in rung_levers(rung):
-        command += LEVERS[lever][1]
+        command += [flag.format(first_decay=first_decay) for flag in LEVERS[lever][1]]
     return command + list(_EXTRA.value)
 
 

@@ -26,13 +26,18 @@ def flagfile_values(path: str) -> dict[str, str]:
     return values
 
 
+def scale_epoch(epoch: int, epochs: int, minimum: int = 0) -> int:
+    """An epoch of the 200-epoch recipe in a schedule of `epochs`: epoch * epochs / 200, rounded half up."""
+    return max(minimum, int((epoch * epochs + FULL_EPOCHS // 2) // FULL_EPOCHS))
+
+
 def compressed_flags(values: dict[str, str], epochs: int) -> list[str]:
     """Flags that shrink a 200-epoch recipe to `epochs`: every epoch count scaled by epochs / 200, rounded."""
     if epochs == FULL_EPOCHS:
         return []
 
     def scale(epoch: int, minimum: int = 0) -> int:
-        return max(minimum, int((epoch * epochs + FULL_EPOCHS // 2) // FULL_EPOCHS))
+        return scale_epoch(epoch, epochs, minimum)
 
     out = [f"--epochs={epochs}"]
     for name in SCALED_FLAGS:
