@@ -44,6 +44,12 @@ flags.DEFINE_enum(
     catalog.CONV_PADDINGS,
     "How strided convolutions pad (cdt_tf.main's --conv_padding; default: the CLI's default).",
 )
+flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "Also trace --train_steps steps with the TensorFlow profiler into this folder (open it in "
+    "TensorBoard's Profile tab, or read its op statistics with xprof).",
+)
 flags.DEFINE_integer("repeats", 3, "Timed fits of --train_steps each; the median and each are printed.")
 flags.DEFINE_bool(
     "bn_cast_float32",
@@ -104,6 +110,13 @@ def main(_):
         model.fit(repeated, steps_per_epoch=FLAGS.train_steps, epochs=1, verbose=0)
         rates.append(FLAGS.train_steps * FLAGS.batch_size / (time.time() - start))
     train_rate = float(np.median(rates))
+    if FLAGS.profile_dir:
+        import tensorflow as tf
+
+        tf.profiler.experimental.start(FLAGS.profile_dir)
+        model.fit(repeated, steps_per_epoch=FLAGS.train_steps, epochs=1, verbose=0)
+        tf.profiler.experimental.stop()
+        print(f"profile of {FLAGS.train_steps} steps: {FLAGS.profile_dir}", flush=True)
     variant = (
         f"{precision} (--precision={requested}), conv_padding={FLAGS.conv_padding}, "
         f"bn_cast_float32={FLAGS.bn_cast_float32}, jit_compile={FLAGS.jit_compile}, "
