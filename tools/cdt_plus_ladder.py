@@ -46,7 +46,18 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gamma0.5": ("gamma 0.5 (from 0.3)", ("--gamma=0.5",)),
     "gamma0.2": ("gamma 0.2 (from 0.3)", ("--gamma=0.2",)),
 }
-DEFAULT_RUNGS = ["cdt", "samepad", "wd5e-4", "mixup", "cosine", "randaugment", "cutmix", "cutout", "deferred"]
+DEFAULT_RUNGS = [
+    "cdt",
+    "samepad",
+    "gamma0.5",
+    "wd5e-4",
+    "mixup",
+    "cosine",
+    "randaugment",
+    "cutmix",
+    "cutout",
+    "deferred",
+]
 
 _RUNGS = flags.DEFINE_list(
     "rungs",
