@@ -244,11 +244,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     define["enum"](
         "precision",
-        "float32",
+        "auto",
         catalog.PRECISIONS,
-        "Compute precision. auto: mixed_float16 on GPUs of compute capability >= 7.0, mixed_bfloat16 on "
-        "CPUs with native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere. Logits, temperatures and "
-        "losses stay float32. A resumed run keeps the precision it started with (config.json).",
+        "Compute precision. auto (default): mixed_float16 on GPUs of compute capability >= 7.0, "
+        "mixed_bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere (bf16 costs "
+        "no accuracy on the CIFAR recipe: BENCHMARKS.md). Logits, temperatures and losses stay float32. "
+        "A resumed run keeps the precision it started with (config.json).",
     )
     define["bool"](
         "mixed_precision",
@@ -304,7 +305,7 @@ class Config:
     val_per_class: int = 0
     tau_from: str | None = None
     strategy: str = "auto"
-    precision: str = "float32"
+    precision: str = "auto"
     mixed_precision: bool = False
     profile_batch: str = ""
     epochs: int = 200
@@ -342,7 +343,7 @@ class Config:
     RECORDED_FIELDS = ("resolved_precision",)
     # What a field meant in a config.json written before the field existed, where that is not the
     # current default: such runs are resumed (and compared) with it.
-    LEGACY_VALUES = {"conv_padding": "same"}
+    LEGACY_VALUES = {"conv_padding": "same", "precision": "float32"}
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> Config:
@@ -467,7 +468,7 @@ class Config:
             ),
             # Checks that tie flags together.
             (
-                not (self.mixed_precision and self.precision != "float32"),
+                not (self.mixed_precision and self.precision != "auto"),
                 f"--mixed_precision is the old spelling of --precision; drop it and keep "
                 f"--precision={self.precision}",
             ),

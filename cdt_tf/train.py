@@ -120,10 +120,16 @@ def train_and_evaluate(config: Config) -> dict | None:
 
 
 def resolve_precision(config: Config, stored: dict) -> str:
-    """The run's precision: the one config.json recorded when it started, else resolved now and recorded."""
+    """The run's precision: the one config.json recorded when it started, else resolved now and recorded.
+
+    Resolved from the precision config.json asked for (a run from before --precision: float32, or
+    --mixed_precision), so that a run resumes with what it started with whatever the flags say now.
+    """
     precision = stored.get("resolved_precision")
     if precision is None:
-        precision = distribution.machine_precision("mixed" if config.mixed_precision else config.precision)
+        mixed = Config.stored_value(stored, "mixed_precision") if stored else config.mixed_precision
+        requested = Config.stored_value(stored, "precision") if stored else config.precision
+        precision = distribution.machine_precision("mixed" if mixed else requested)
         rundir.record(config.model_dir, resolved_precision=precision)
     return precision
 

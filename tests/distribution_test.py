@@ -136,10 +136,12 @@ def test_cpu_flags_decide_bfloat16():
 
 
 def test_mixed_precision_with_precision_is_refused():
-    config = config_lib.Config(
-        dataset="digits", model_dir="/tmp/x", mixed_precision=True, precision="float32"
-    )
-    assert config.validate() is config  # The old flag alone still works.
+    config = config_lib.Config(dataset="digits", model_dir="/tmp/x", mixed_precision=True)
+    assert config.validate() is config  # The old flag alone (with the default --precision) still works.
+    with pytest.raises(UserError, match="--mixed_precision is the old spelling of --precision"):
+        config_lib.Config(
+            dataset="digits", model_dir="/tmp/x", mixed_precision=True, precision="float32"
+        ).validate()
     with pytest.raises(UserError, match="--mixed_precision is the old spelling of --precision"):
         config_lib.Config(
             dataset="digits", model_dir="/tmp/x", mixed_precision=True, precision="mixed_bfloat16"
@@ -166,3 +168,21 @@ def test_a_run_records_its_precision_and_a_resumed_run_keeps_it(cli, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "precision float32" in again.stdout
     assert json.load(open(resumed / "results.json"))["precision"] == "float32"
+
+
+def test_a_run_from_before_precision_existed_resumes_in_float32(tmp_path):
+    """auto is the default now; a config.json without `precision` was a float32 run (or --mixed_precision)."""
+    from cdt_tf import train
+
+    config = config_lib.Config(dataset="digits", model_dir=str(tmp_path)).validate()
+    assert config.precision == "auto"
+    for mixed, expected in ((False, "float32"), (True, "mixed_bfloat16")):
+        legacy = {
+            k: v
+            for k, v in config.to_dict().items()
+            if k not in ("precision", "conv_padding", "mixed_precision")
+        }
+        legacy["mixed_precision"] = mixed
+        (tmp_path / "config.json").write_text(json.dumps(legacy))
+        assert train.resolve_precision(config, legacy) == expected
+        assert json.load(open(tmp_path / "config.json"))["resolved_precision"] == expected
