@@ -342,7 +342,8 @@ class Config:
     # Keys of config.json that record what a run resolved when it started (not flags).
     RECORDED_FIELDS = ("resolved_precision",)
     # What a field meant in a config.json written before the field existed, where that is not the
-    # current default: such runs are resumed (and compared) with it.
+    # current default: such runs are resumed (and compared) with it. A run from before --precision ran
+    # in float32, or with the old --mixed_precision, whose --precision is the default (`stored_value`).
     LEGACY_VALUES = {"conv_padding": "same", "precision": "float32"}
 
     @classmethod
@@ -555,6 +556,8 @@ class Config:
         """A field's value in a stored config dict; for a field it lacks, the value that run used."""
         if key in stored:
             return stored[key]
+        if key == "precision" and stored.get("mixed_precision"):
+            return "auto"  # --mixed_precision cannot be combined with another --precision.
         if key in cls.LEGACY_VALUES:
             return cls.LEGACY_VALUES[key]
         field = {f.name: f for f in dataclasses.fields(cls)}.get(key)

@@ -72,7 +72,8 @@ def read_json(path: str, what: str = "", remedy: str = ""):
 def config_from_dict(values: dict) -> Config:
     """The Config stored in a run's config.json (fields it lacks take Config.stored_value's values)."""
     names = {field.name for field in dataclasses.fields(Config)}
-    values = {k: v for k, v in {**Config.LEGACY_VALUES, **values}.items() if k in names}
+    legacy = {k: Config.stored_value(values, k) for k in Config.LEGACY_VALUES}
+    values = {k: v for k, v in {**legacy, **values}.items() if k in names}
     try:
         values["decay_epochs"] = tuple(values.get("decay_epochs", ()))
         values["decay_multipliers"] = tuple(values.get("decay_multipliers", ()))

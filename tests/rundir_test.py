@@ -148,3 +148,12 @@ def test_a_run_from_before_conv_padding_resumes_only_with_same_padding(tmp_path)
     same = config_lib.Config(dataset="digits", model_dir=str(tmp_path), conv_padding="same").validate()
     assert rundir.prepare(same)["gamma"] == config.gamma
     assert rundir.config_from_dict(legacy).conv_padding == "same"
+
+
+def test_a_run_from_before_precision_loads_with_or_without_mixed_precision():
+    config = config_lib.Config(dataset="digits", model_dir="/tmp/x").validate()
+    legacy = {k: v for k, v in config.to_dict().items() if k not in ("precision", "conv_padding")}
+    assert rundir.config_from_dict({**legacy, "mixed_precision": False}).precision == "float32"
+    # The 200-epoch CDT run of results/ was started with --mixed_precision before --precision existed.
+    assert rundir.config_from_dict({**legacy, "mixed_precision": True}).mixed_precision
+    assert config.differences({**legacy, "mixed_precision": False}) == ["conv_padding"]
