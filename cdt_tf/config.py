@@ -342,9 +342,13 @@ class Config:
     # Keys of config.json that record what a run resolved when it started (not flags).
     RECORDED_FIELDS = ("resolved_precision",)
     # What a field meant in a config.json written before the field existed, where that is not the
-    # current default: such runs are resumed (and compared) with it. A run from before --precision ran
-    # in float32, or with the old --mixed_precision, whose --precision is the default (`stored_value`).
-    LEGACY_VALUES = {"conv_padding": "same", "precision": "float32"}
+    # current default, as a function of that config.json: such runs are resumed (and compared) with
+    # it. A run from before --precision ran in float32, or with the old --mixed_precision, which could
+    # not be combined with another --precision than the default.
+    LEGACY_VALUES = {
+        "conv_padding": lambda stored: "same",
+        "precision": lambda stored: "auto" if stored.get("mixed_precision") else "float32",
+    }
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> Config:
@@ -556,10 +560,8 @@ class Config:
         """A field's value in a stored config dict; for a field it lacks, the value that run used."""
         if key in stored:
             return stored[key]
-        if key == "precision" and stored.get("mixed_precision"):
-            return "auto"  # --mixed_precision cannot be combined with another --precision.
         if key in cls.LEGACY_VALUES:
-            return cls.LEGACY_VALUES[key]
+            return cls.LEGACY_VALUES[key](stored)
         field = {f.name: f for f in dataclasses.fields(cls)}.get(key)
         if field is None or field.default is dataclasses.MISSING:
             return None

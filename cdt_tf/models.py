@@ -380,11 +380,11 @@ def resnet50(
     """
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 7, 2, "stem", padding)
+    pool_padding = "same"
     if padding == "symmetric":  # 1 each side; zeros equal PyTorch's -inf padding after a ReLU.
         x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-    x = layers.MaxPooling2D(
-        3, strides=2, padding="valid" if padding == "symmetric" else "same", name="stem_pool"
-    )(x)
+        pool_padding = "valid"
+    x = layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="stem_pool")(x)
     for stage, (filters, blocks) in enumerate(zip(WIDTHS, (3, 4, 6, 3), strict=True)):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1

@@ -127,9 +127,10 @@ def resolve_precision(config: Config, stored: dict) -> str:
     """
     precision = stored.get("resolved_precision")
     if precision is None:
-        mixed = Config.stored_value(stored, "mixed_precision") if stored else config.mixed_precision
-        requested = Config.stored_value(stored, "precision") if stored else config.precision
-        precision = distribution.machine_precision("mixed" if mixed else requested)
+        mixed = Config.stored_value(stored, "mixed_precision")
+        precision = distribution.machine_precision(
+            "mixed" if mixed else Config.stored_value(stored, "precision")
+        )
         rundir.record(config.model_dir, resolved_precision=precision)
     return precision
 

@@ -17,15 +17,12 @@ collected, not re-run, and a killed one resumes when the same command starts aga
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
 
 from absl import app, flags
-from recipes import REPO, compressed_flags, flagfile_values, read_results, scale_epoch
+from recipes import REPO, Runner, compressed_flags, flagfile_values, read_json, scale_epoch
 
 BASE_FLAGFILE = os.path.join("flags", "cifar10_lt100_cdt.cfg")
 BASE = "cdt"
@@ -149,17 +146,10 @@ def choices(results, run_dir: str) -> dict[str, tuple]:
         if entry and entry.get("selected_on") == "validation" and "sweep" in entry:
             found[name] = (max(entry["sweep"]["top1"]), entry["top1"], entry["tau"])
     for name, (record_name, _) in stage_two_commands(run_dir).items():
-        record = read_json_or_none(os.path.join(run_dir, record_name))
+        record = read_json(os.path.join(run_dir, record_name))
         if record is not None:
             found[name] = ((record.get("validation") or {}).get("top1"), record["top1"], None)
     return found
-
-
-def read_json_or_none(path: str):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 CHOICE_COLUMNS = ("N_c^τ", "LA", "cRT", "cRT+LAS")
@@ -191,31 +181,18 @@ def table_row(rung: str, results, found: dict) -> str:
     return f"| {rung} | {what} | " + " | ".join(cells) + " |"
 
 
-def _run(command: list[str], label: str, failures: list[str]) -> None:
-    print(f"[{label}] {shlex.join(command)}", flush=True)
-    status = subprocess.run(command, cwd=REPO).returncode
-    if status:
-        failures.append(f"{label} (exit {status})")
-
-
 def main(argv):
     del argv
     runs_dir = os.path.expanduser(_RUNS_DIR.value)
     for rung in _RUNGS.value:
         rung_levers(rung)  # Every name is checked before hours of training start.
-    commands, failures, rows, best = [], [], [], None
+    runner, rows, best = Runner(_RUN.value), [], None
     for rung in _RUNGS.value:
         run_dir = os.path.join(runs_dir, rung)
-        command = rung_command(rung, run_dir)
-        commands.append(shlex.join(["python"] + command[1:]))
-        if read_results(run_dir) is None and _RUN.value:
-            _run(command, rung, failures)
-        if _SECOND_STAGE.value and read_results(run_dir) is not None:
+        results = runner.ensure(rung_command(rung, run_dir), os.path.join(run_dir, "results.json"), rung)
+        if _SECOND_STAGE.value and results is not None:
             for name, (record_name, stage_command) in stage_two_commands(run_dir).items():
-                commands.append(shlex.join(["python"] + stage_command[1:]))
-                if _RUN.value and not os.path.exists(os.path.join(run_dir, record_name)):
-                    _run(stage_command, f"{rung} {name}", failures)
-        results = read_results(run_dir)
+                runner.ensure(stage_command, os.path.join(run_dir, record_name), f"{rung} {name}")
         found = choices(results, run_dir)
         rows.append(table_row(rung, results, found))
         for name, (validation, test, _) in found.items():
@@ -241,16 +218,16 @@ def main(argv):
         "",
         "Commands:",
         "",
-        *(f"    {c}" for c in commands),
+        *(f"    {c}" for c in runner.commands),
     ]
-    if failures:
-        lines += ["", "Failed: " + ", ".join(failures)]
+    if runner.failures:
+        lines += ["", "Failed: " + ", ".join(runner.failures)]
     text = "\n".join(lines) + "\n"
     print(text)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             f.write(text)
-    if failures:
+    if runner.failures:
         sys.exit(1)
 
 

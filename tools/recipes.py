@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FULL_EPOCHS = 200
@@ -48,10 +50,32 @@ def compressed_flags(values: dict[str, str], epochs: int) -> list[str]:
     return out
 
 
-def read_results(run_dir: str):
-    """A run's results.json as a dict, or None while it has none."""
-    path = os.path.join(run_dir, "results.json")
+def read_json(path: str):
+    """A JSON file's content, or None while the file does not exist."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def read_results(run_dir: str):
+    """A run's results.json as a dict, or None while it has none."""
+    return read_json(os.path.join(run_dir, "results.json"))
+
+
+class Runner:
+    """Runs each command whose output file is missing (unless run=False) and keeps the command list."""
+
+    def __init__(self, run: bool):
+        self.run, self.commands, self.failures = run, [], []
+
+    def ensure(self, command: list[str], output: str, label: str):
+        """The JSON at `output` (relative to the repository), running `command` first when it is missing."""
+        self.commands.append(shlex.join(["python"] + command[1:]))
+        path = os.path.join(REPO, output)
+        if not os.path.exists(path) and self.run:
+            print(f"[{label}] {shlex.join(command)}", flush=True)
+            status = subprocess.run(command, cwd=REPO).returncode
+            if status:
+                self.failures.append(f"{label} (exit {status})")
+        return read_json(path)

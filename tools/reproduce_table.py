@@ -14,10 +14,8 @@ proportionally (warm-up, decays, DRW and gamma switch epochs) and the table says
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 
@@ -25,6 +23,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import recipes  # noqa: E402
 from recipes import FULL_EPOCHS, REPO, compressed_flags, flagfile_values, read_results  # noqa: E402
 
 from cdt_tf import paper_results  # noqa: E402
@@ -100,25 +99,8 @@ def build_table(table: str, columns, results_by_cell) -> list[str]:
     return lines
 
 
-class Runner:
-    """Runs each command whose output file is missing (unless --norun) and keeps the command list."""
-
-    def __init__(self, run: bool):
-        self.run, self.commands, self.failures = run, [], []
-
-    def ensure(self, command: list[str], output: str, label: str):
-        """The JSON at `output` (relative to the repository), running `command` first when it is missing."""
-        self.commands.append(shlex.join(["python"] + command[1:]))
-        path = os.path.join(REPO, output)
-        if not os.path.exists(path) and self.run:
-            print(f"[{label}] {shlex.join(command)}", flush=True)
-            status = subprocess.run(command, cwd=REPO).returncode
-            if status:
-                self.failures.append(f"{label} (exit {status})")
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
+class Runner(recipes.Runner):
+    """recipes.Runner, plus post_hoc for runs trained by an older version."""
 
     def training_run(self, run_dir: str, command: list[str], label: str):
         results = self.ensure(command, os.path.join(run_dir, "results.json"), label)
