@@ -102,6 +102,10 @@ def test_a_finished_rung_is_collected_not_rerun(tmp_path):
 def test_norun_collects_only_and_an_unknown_lever_is_refused_before_any_run(tmp_path):
     result = _ladder(f"--runs_dir={tmp_path}", "--rungs=cdt", "--norun")
     assert result.returncode == 0 and "Best on validation: —" in result.stdout
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| rung |"))
+    row = next(line for line in lines if line.startswith("| cdt |"))
+    assert row.count("|") == header.count("|")  # A rung without results fills every column, no more.
     result = _ladder(
         f"--runs_dir={tmp_path}", f"--python={_fake_python(tmp_path)}", "--rungs=cdt,mixup+dropout"
     )

@@ -159,7 +159,7 @@ def table_row(rung: str, results, found: dict) -> str:
     """One Markdown row: validation first (what chooses), then test, then the other ways to classify."""
     what = " + ".join(LEVERS[lever][0] for lever in rung_levers(rung)) or "CDT γ = 0.3, the paper's recipe"
     if results is None:
-        return f"| {rung} | {what} | " + " | ".join(["—"] * (7 + len(CHOICE_COLUMNS))) + " |"
+        return f"| {rung} | {what} | " + " | ".join(["—"] * (6 + len(CHOICE_COLUMNS))) + " |"
     shots = results.get("many_medium_few", {})
 
     def cell(name: str) -> str:
