@@ -2,6 +2,8 @@ r"""SavedModel export for TensorFlow Serving: preprocessing, the trained network
 
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt --tau=0.5
+  # The network with the classifier cdt_tf.retrain_classifier retrained (cRT; crt_las: with LAS).
+  python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt --classifier=crt
 
 Writes the next TF Serving version directory `<export_dir>/<N>/` (1, 2, ...; an existing version is
 never touched): saved_model.pb, variables/, assets/class_names.txt (one name per line, read by the
@@ -28,7 +30,8 @@ underflows (see NcTauCalibration); classes is always the argmax of logits / N_c^
 
 Images of another size than the model's are resized (bilinear, rounded to uint8 levels), as the
 data loader resized the training and test images (cdt_tf.datasets.decode_images). tau defaults to
-results.json's post_hoc.nc_tau.tau (the tau selected for the run), else 0 (plain argmax). CDT's
+results.json's post_hoc.nc_tau.tau (the tau selected for the run), else 0 (plain argmax); with
+--classifier=crt or crt_las (a classifier cdt_tf.retrain_classifier retrained), to 0. CDT's
 temperatures are a training device only and are not part of the graph.
 """
 
@@ -47,6 +50,8 @@ from cdt_tf import cli, rundir
 from cdt_tf.errors import UserError
 
 SIGNATURES = ("serving_default", "serve_image_bytes", "serve_with_tau")
+# --classifier: the run's own, or a retrained one named by its results.json post_hoc entry.
+CLASSIFIERS = ("trained", "crt", "crt_las")
 CLASS_NAMES_FILE = "class_names.txt"
 METADATA_FILE = "cdt_export.json"
 INT64_MAX = 2**63 - 1
@@ -69,6 +74,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         None,
         "N_c^tau exponent of serving_default and serve_image_bytes, within "
         "cdt_tf.calibration.TAU_RANGE, 0 to 5 (default: results.json's post_hoc.nc_tau.tau, else 0).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "classifier",
+        "trained",
+        CLASSIFIERS,
+        "The classifier to serve: the run's own (trained), or the one `python -m "
+        "cdt_tf.retrain_classifier` retrained on its frozen features (crt; crt_las with label-aware "
+        "smoothing). A retrained classifier is served with tau 0 unless --tau says otherwise.",
         flag_values=flag_values,
     )
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
@@ -311,13 +325,35 @@ def export_model(model, class_counts, class_names, export_dir: str, tau: float =
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_run(model_dir: str, export_dir: str | None = None, tau: float | None = None) -> tuple[str, float]:
-    """Exports a finished run's model.keras; returns (version directory, tau used)."""
+def retrained_classifier(model_dir: str, results: dict, classifier: str) -> tuple[str, dict]:
+    """(weights file, post_hoc record) of a retrained classifier; one-line UserError when there is none."""
+    if classifier not in CLASSIFIERS[1:]:
+        raise UserError(f"--classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
+    entry = (results.get("post_hoc") or {}).get(classifier) or {}
+    weights = os.path.join(model_dir, entry.get("weights") or "")
+    if not entry.get("weights") or not os.path.isfile(weights):
+        smoothing = " --smooth_head=0.3" if classifier == "crt_las" else ""
+        raise UserError(
+            f"{model_dir} has no {classifier} classifier weights; retrain it first: python -m "
+            f"cdt_tf.retrain_classifier --model_dir={model_dir}{smoothing}"
+        )
+    return weights, entry
+
+
+def export_run(
+    model_dir: str, export_dir: str | None = None, tau: float | None = None, classifier: str = "trained"
+) -> tuple[str, float]:
+    """Exports a finished run's model.keras (with a retrained classifier if asked); returns (path, tau)."""
     _, _, results = rundir.read_finished(model_dir)  # JSON only: a bad directory is refused before TF loads.
-    if tau is None:
-        tau, tau_source = default_tau(results)
-    else:
+    weights, record = (
+        (None, None) if classifier == "trained" else retrained_classifier(model_dir, results, classifier)
+    )
+    if tau is not None:
         tau_source = "--tau"
+    elif weights:
+        tau, tau_source = 0.0, f"0: the {classifier} classifier was trained on class-balanced batches"
+    else:
+        tau, tau_source = default_tau(results)
     class_counts, class_names = results.get("class_counts"), results.get("class_names")
     if not class_counts or not class_names:
         raise UserError(f"{model_dir}/results.json lacks class_counts or class_names; re-run its training")
@@ -328,13 +364,19 @@ def export_run(model_dir: str, export_dir: str | None = None, tau: float | None 
     except ValueError as error:
         raise UserError(f"{tau_source}: {error}") from None
     model = rundir.load_model(os.path.join(model_dir, rundir.MODEL))  # Imports TensorFlow.
+    metadata = {"tau_source": tau_source, "model_dir": os.path.abspath(model_dir), "classifier": classifier}
+    if weights:
+        from cdt_tf import models
+
+        kernel, bias = rundir.read_classifier(weights)
+        try:
+            model = models.with_classifier(model, kernel, bias)
+        except ValueError as error:
+            raise UserError(f"{weights}: {error}; retrain the classifier of this run") from None
+        metadata["classifier_weights"] = os.path.basename(weights)
+        metadata["classifier_top1"] = record.get("top1")
     path = export_model(
-        model,
-        class_counts,
-        class_names,
-        export_dir or os.path.join(model_dir, "export"),
-        tau,
-        metadata={"tau_source": tau_source, "model_dir": os.path.abspath(model_dir)},
+        model, class_counts, class_names, export_dir or os.path.join(model_dir, "export"), tau, metadata
     )
     return path, tau
 
@@ -344,8 +386,9 @@ def command(flag_values) -> None:
     if not flag_values["verbosity"].present:
         # TensorFlow's INFO lines about the save name the staging directory, not the export.
         logging.set_verbosity(logging.WARNING)
-    path, tau = export_run(flag_values.model_dir, flag_values.export_dir, flag_values.tau)
-    print(f"Exported {path} (tau={tau:g}); signatures: {', '.join(SIGNATURES)}")
+    f = flag_values
+    path, tau = export_run(f.model_dir, f.export_dir, f.tau, f.classifier)
+    print(f"Exported {path} ({f.classifier} classifier, tau={tau:g}); signatures: {', '.join(SIGNATURES)}")
     print(f"Inspect: saved_model_cli show --dir {path} --all")
 
 

@@ -251,6 +251,26 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.get_layer("classifier").input)
 
 
+def with_classifier(model: keras.Model, kernel, bias) -> keras.Model:
+    """The same network with a new linear classifier: f(x) @ kernel + bias (e.g. a cRT head).
+
+    kernel [D, C] and bias [C] replace the "classifier" layer (any kind); the feature layers and
+    their weights are shared with `model`. Raises ValueError when kernel does not fit the features.
+    """
+    kernel = keras.ops.convert_to_numpy(kernel).astype("float32")
+    bias = keras.ops.convert_to_numpy(bias).astype("float32")
+    features = model.get_layer("classifier").input
+    width = features.shape[-1]
+    if kernel.ndim != 2 or kernel.shape[0] != width or bias.shape != (kernel.shape[1],):
+        raise ValueError(
+            f"a classifier kernel {kernel.shape} and bias {bias.shape} do not fit {width} features"
+        )
+    classifier = layers.Dense(kernel.shape[1], name="classifier", dtype="float32")
+    outputs = classifier(features)
+    classifier.set_weights([kernel, bias])
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
 # ----------------------------------------------------------------------------- ResNet-18 and ResNet-50
 # He et al. (2016)'s ImageNet ResNets for Tiny-ImageNet (ResNet-18) and iNaturalist (ResNet-50),
 # written with the conventions above (FusedBatchNormalization with PyTorch's momentum and eps,

@@ -14,8 +14,11 @@ unaugmented (one inference pass), and a new Dense classifier (with bias) is trai
 with SGD (momentum 0.9, cosine-decayed learning rate, weight decay as the run's). Kang et
 al. retrain through the frozen network with augmentation; precomputed features make it
 seconds instead of epochs (our choice, stated in results). Writes
-`<model_dir>/retrained_<tag>.json` and, for cRT proper (the run's own subset with
-class-balanced sampling), the `post_hoc.crt` entry of results.json.
+`<model_dir>/retrained_<tag>.json`, the new classifier's weights beside it
+(`retrained_<tag>.npz`, kernel and bias) and, for cRT proper (the run's own subset with
+class-balanced sampling), the `post_hoc.crt` entry of results.json (`post_hoc.crt_las` with
+label-aware smoothing). `python -m cdt_tf.export --classifier=crt` (or `crt_las`) exports the
+network with that classifier in place of its own.
 """
 
 from __future__ import annotations
@@ -193,7 +196,10 @@ def retrain(
             else {k: validation[k] for k in ("top1", "top5", "many_medium_few", "per_class_accuracy")}
         ),
     }
-    rundir.write_json(os.path.join(model_dir, f"retrained_{tag}_{sampler}.json"), record)
+    name = f"retrained_{tag}_{sampler}"
+    rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias)
+    record["weights"] = f"{name}.npz"  # `python -m cdt_tf.export --classifier=crt` serves these.
+    rundir.write_json(os.path.join(model_dir, f"{name}.json"), record)
     if own and sampler == "class_balanced":
         results_path = os.path.join(model_dir, rundir.RESULTS)
         results = rundir.read_json(results_path, "object")

@@ -48,6 +48,22 @@ def write_json(path: str, value) -> None:
     os.replace(temporary, path)
 
 
+def write_classifier(path: str, kernel, bias) -> None:
+    """Writes a linear classifier (kernel [D, C], bias [C]) as .npz, atomically."""
+    temporary = f"{path}.tmp.npz"
+    np.savez(temporary, kernel=np.asarray(kernel, np.float32), bias=np.asarray(bias, np.float32))
+    os.replace(temporary, path)
+
+
+def read_classifier(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel [D, C], bias [C]) of a file `write_classifier` wrote; one-line UserError if unusable."""
+    try:
+        with np.load(path) as content:
+            return content["kernel"], content["bias"]
+    except (OSError, KeyError, ValueError) as error:
+        raise UserError(f"cannot read the classifier weights {path} ({error}); retrain them") from None
+
+
 def read_json(path: str, what: str = "", remedy: str = ""):
     """The JSON content of a file; one-line UserError when it is missing or malformed.
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -232,7 +233,9 @@ def test_post_hoc_cli_keeps_the_crt_entry(tmp_path, cli):
     model_dir = tmp_path / "run"
     assert cli(*DIGITS, f"--model_dir={model_dir}").returncode == 0
     assert _module("cdt_tf.retrain_classifier", f"--model_dir={model_dir}", "--epochs=1").returncode == 0
-    assert "crt" in _results(model_dir)["post_hoc"]
+    crt = _results(model_dir)["post_hoc"]["crt"]
+    with np.load(model_dir / crt["weights"]) as weights:  # What `cdt_tf.export --classifier=crt` serves.
+        assert weights["kernel"].shape[1] == weights["bias"].shape[0] == len(crt["per_class_accuracy"])
     again = _module("cdt_tf.post_hoc", f"--model_dir={model_dir}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert {"crt", "nc_tau", "ncm"} <= set(_results(model_dir)["post_hoc"])

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdt_tf import datasets, export, models
+from cdt_tf import datasets, export, models, rundir
 from cdt_tf.calibration import TAU_RANGE, nc_tau_calibrate
 from cdt_tf.config import Config
 from cdt_tf.errors import UserError
@@ -582,6 +582,46 @@ def test_export_refuses_tau_outside_the_range(exported, tmp_path):
     with pytest.raises(UserError, match=r"^results.json post_hoc.nc_tau.tau: tau must be .* got 7$"):
         export.export_run(model_dir, str(tmp_path / "run"))
     assert sorted(os.listdir(tmp_path)) == ["run_dir"]
+
+
+def test_a_retrained_classifier_is_exported_in_place_of_the_trained_one(exported, tmp_path):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(exported.model_dir, model_dir)
+    # No crt weights yet: a one-line error naming the command that makes them, nothing written.
+    result = _python(
+        "-m",
+        "cdt_tf.export",
+        f"--model_dir={model_dir}",
+        f"--export_dir={tmp_path / 'out'}",
+        "--classifier=crt",
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cdt_tf: error:")]
+    assert len(errors) == 1 and "python -m cdt_tf.retrain_classifier" in errors[0], result.stderr
+    assert not os.path.exists(tmp_path / "out")
+    # A retrained head as cdt_tf.retrain_classifier records it: weights file + post_hoc entry.
+    features = models.feature_extractor(exported.model).predict(exported.images, verbose=0)
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(0, 1, (features.shape[1], 10)).astype(np.float32)
+    bias = (-features.mean(0) @ kernel).astype(np.float32)
+    rundir.write_classifier(os.path.join(model_dir, "retrained_own_class_balanced.npz"), kernel, bias)
+    results = json.load(open(os.path.join(model_dir, "results.json")))
+    results["post_hoc"]["crt"] = {"weights": "retrained_own_class_balanced.npz", "top1": 0.5}
+    _write_json(os.path.join(model_dir, "results.json"), results)
+    path, tau = export.export_run(model_dir, str(tmp_path / "out"), classifier="crt")
+    assert tau == 0.0  # Not the recorded N_c^tau tau, which belongs to the trained classifier.
+    metadata = json.load(open(os.path.join(path, export.METADATA_FILE)))
+    assert metadata["classifier"] == "crt" and metadata["classifier_weights"].endswith(".npz")
+    outputs = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(exported.images))
+    expected = features @ kernel + bias
+    np.testing.assert_allclose(outputs["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(-1))
+    trained = exported.model.predict(exported.images, verbose=0)
+    assert not np.allclose(outputs["logits"].numpy(), trained, atol=1e-2)  # The head was replaced.
+    # Weights of another width are refused, naming the file.
+    rundir.write_classifier(os.path.join(model_dir, "retrained_own_class_balanced.npz"), kernel[:-1], bias)
+    with pytest.raises(UserError, match=r"retrained_own_class_balanced.npz: a classifier kernel"):
+        export.export_run(model_dir, str(tmp_path / "out"), classifier="crt")
 
 
 def test_export_cli_on_a_missing_model_dir_is_a_one_line_error(tmp_path):
