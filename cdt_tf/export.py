@@ -51,7 +51,7 @@ from cdt_tf.errors import UserError
 
 SIGNATURES = ("serving_default", "serve_image_bytes", "serve_with_tau")
 # --classifier: the run's own, or a retrained one named by its results.json post_hoc entry.
-CLASSIFIERS = ("trained", "crt", "crt_las")
+CLASSIFIERS = ("trained", "crt", "crt_las", "crt_bn", "crt_las_bn")
 CLASS_NAMES_FILE = "class_names.txt"
 METADATA_FILE = "cdt_export.json"
 INT64_MAX = 2**63 - 1
@@ -82,7 +82,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         CLASSIFIERS,
         "The classifier to serve: the run's own (trained), or the one `python -m "
         "cdt_tf.retrain_classifier` retrained on its frozen features (crt; crt_las with label-aware "
-        "smoothing). A retrained classifier is served with tau 0 unless --tau says otherwise.",
+        "smoothing; *_bn with re-estimated batch-norm statistics, which the export then carries). A "
+        "retrained classifier is served with tau 0 unless --tau says otherwise.",
         flag_values=flag_values,
     )
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
@@ -332,10 +333,12 @@ def retrained_classifier(model_dir: str, results: dict, classifier: str) -> tupl
     entry = (results.get("post_hoc") or {}).get(classifier) or {}
     weights = os.path.join(model_dir, entry.get("weights") or "")
     if not entry.get("weights") or not os.path.isfile(weights):
-        smoothing = " --smooth_head=0.3" if classifier == "crt_las" else ""
+        options = (" --smooth_head=0.3" if "_las" in classifier else "") + (
+            " --bn_stats=class_balanced" if classifier.endswith("_bn") else ""
+        )
         raise UserError(
             f"{model_dir} has no {classifier} classifier weights; retrain it first: python -m "
-            f"cdt_tf.retrain_classifier --model_dir={model_dir}{smoothing}"
+            f"cdt_tf.retrain_classifier --model_dir={model_dir}{options}"
         )
     return weights, entry
 
@@ -368,8 +371,10 @@ def export_run(
     if weights:
         from cdt_tf import models
 
-        kernel, bias = rundir.read_classifier(weights)
+        kernel, bias, batch_norm = rundir.read_classifier(weights)
         try:
+            if batch_norm:  # The statistics the classifier was trained on.
+                models.set_batch_norm_statistics(model, batch_norm)
             model = models.with_classifier(model, kernel, bias)
         except ValueError as error:
             raise UserError(f"{weights}: {error}; retrain the classifier of this run") from None

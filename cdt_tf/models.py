@@ -251,6 +251,60 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.get_layer("classifier").input)
 
 
+def batch_norm_layers(model: keras.Model) -> list:
+    """The model's batch-norm layers, in order."""
+    return [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+
+
+def batch_norm_statistics(model: keras.Model) -> dict:
+    """{layer name: (moving mean [C], moving variance [C])} of every batch norm, as NumPy."""
+    numpy = keras.ops.convert_to_numpy
+    return {
+        layer.name: (numpy(layer.moving_mean), numpy(layer.moving_variance))
+        for layer in batch_norm_layers(model)
+    }
+
+
+def set_batch_norm_statistics(model: keras.Model, statistics: dict) -> None:
+    """Assigns `batch_norm_statistics` output to the model's batch norms; ValueError if they differ."""
+    bns = {layer.name: layer for layer in batch_norm_layers(model)}
+    if set(bns) != set(statistics):
+        raise ValueError(
+            f"batch-norm statistics for {len(statistics)} layers, the model has {len(bns)} others"
+        )
+    for name, (mean, variance) in statistics.items():
+        if tuple(bns[name].moving_mean.shape) != tuple(mean.shape):
+            raise ValueError(
+                f"batch-norm statistics of shape {mean.shape} for {name} {bns[name].moving_mean.shape}"
+            )
+        bns[name].moving_mean.assign(mean)
+        bns[name].moving_variance.assign(variance)
+
+
+def reestimate_batch_norm(model: keras.Model, batches, steps: int) -> int:
+    """Replaces every batch norm's moving statistics by their average over `steps` batches.
+
+    Training-mode forward passes over (images, ...) batches: each batch norm normalises with its
+    batch's statistics, whatever its moving ones, and the moving mean and variance become the plain
+    average of the batch means and variances (the cumulative average of PyTorch's momentum=None, as
+    torch.optim.swa_utils.update_bn). No weight changes. Returns the number of batches used.
+    """
+    bns = batch_norm_layers(model)
+    momenta = [layer.momentum for layer in bns]
+    used = 0
+    try:
+        for used, batch in enumerate(batches.take(steps), start=1):
+            for layer in bns:
+                layer.momentum = (used - 1) / used  # 0 for the first batch: the old statistics go.
+            model(keras.ops.cast(batch[0], "float32"), training=True)  # Eager: reads each momentum.
+    finally:
+        for layer, momentum in zip(bns, momenta, strict=True):
+            layer.momentum = momentum
+    if not used:
+        raise ValueError("no batches to re-estimate the batch-norm statistics on")
+    return used
+
+
 def with_classifier(model: keras.Model, kernel, bias) -> keras.Model:
     """The same network with a new linear classifier: f(x) @ kernel + bias (e.g. a cRT head).
 

@@ -33,6 +33,13 @@ from cdt_tf import catalog, class_stats, cli, evaluate, rundir
 from cdt_tf.errors import UserError
 from cdt_tf.features import extract, probe
 
+BN_STATS = ("trained", "class_balanced")
+
+
+def posthoc_key(smoothing: bool, batch_norm: bool) -> str:
+    """results.json's post_hoc key of a cRT variant: crt, crt_las, crt_bn or crt_las_bn."""
+    return "crt" + ("_las" if smoothing else "") + ("_bn" if batch_norm else "")
+
 
 def train_linear_classifier(
     features: np.ndarray,
@@ -106,14 +113,20 @@ def retrain(
     data_dir: str | None = None,
     smooth_head: float = 0.0,
     smooth_tail: float = 0.0,
+    bn_stats: str = "trained",
 ) -> dict:
     """Retrains the classifier of a finished run on frozen features; writes and returns the record.
 
     smooth_head, smooth_tail: label-aware smoothing (MiSLAS's second stage) of the new classifier's
     targets, eps from smooth_head (largest class) to smooth_tail (smallest); both 0: one-hot (cRT).
+    bn_stats: "trained" keeps the network's batch-norm statistics; "class_balanced" re-estimates
+    them first on one pass of class-balanced, pad-crop-flipped batches of the classifier data
+    (`models.reestimate_batch_norm`), and the weights file carries them.
     The record holds the test split's accuracy and, for a run with --val_per_class, the
     validation split's (choose the smoothing there).
     """
+    if bn_stats not in BN_STATS:
+        raise UserError(f"--bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
     for flag, value in (("--smooth_head", smooth_head), ("--smooth_tail", smooth_tail)):
         if not 0 <= value < 1:
             raise UserError(f"{flag} must be in [0, 1) (both 0: plain cRT), got {value}")
@@ -140,6 +153,24 @@ def retrain(
     smoothing = None
     if smooth_head or smooth_tail:
         smoothing = class_stats.label_aware_smoothing(counts, smooth_head, smooth_tail)
+    batch_norm = None
+    if bn_stats == "class_balanced":
+        from cdt_tf import models
+
+        stream = data.train_dataset(
+            dataclasses.replace(
+                config,
+                sampler="class_balanced",
+                mixup_alpha=0.0,
+                cutmix_alpha=0.0,
+                randaugment_magnitude=0.0,
+                cutout=0,
+            )
+        )
+        steps = max(1, data.size("train") // config.batch_size)
+        print(f"Re-estimating the batch-norm statistics on {steps} class-balanced batches ...", flush=True)
+        models.reestimate_batch_norm(run.model, stream, steps)
+        batch_norm = models.batch_norm_statistics(run.model)
     network = probe(run.model)
     train = extract(network, data.eval_dataset("train"), data.labels("train"))
     kernel, bias = train_linear_classifier(
@@ -166,6 +197,8 @@ def retrain(
         tag = f"{config.imbalance}{config.imbalance_ratio:g}_max{config.max_per_class}"
     if smoothing is not None:
         tag += f"_las{smooth_head:g}-{smooth_tail:g}"
+    if batch_norm is not None:
+        tag += "_bn"
     record = {
         "features_from": os.path.basename(os.path.normpath(model_dir)),
         "classifier_data": {
@@ -185,6 +218,7 @@ def retrain(
                 "epsilon": [round(float(e), 6) for e in smoothing],
             }
         ),
+        "bn_stats": bn_stats,
         "method": "new Dense on frozen, unaugmented features; SGD 0.9, cosine-decayed LR 0.1, batch 512",
         "top1": summary["top1"],
         "top5": summary["top5"],
@@ -197,13 +231,13 @@ def retrain(
         ),
     }
     name = f"retrained_{tag}_{sampler}"
-    rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias)
+    rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias, batch_norm)
     record["weights"] = f"{name}.npz"  # `python -m cdt_tf.export --classifier=crt` serves these.
     rundir.write_json(os.path.join(model_dir, f"{name}.json"), record)
     if own and sampler == "class_balanced":
         results_path = os.path.join(model_dir, rundir.RESULTS)
         results = rundir.read_json(results_path, "object")
-        key = "crt" if smoothing is None else "crt_las"
+        key = posthoc_key(smoothing is not None, batch_norm is not None)
         results.setdefault("post_hoc", {})[key] = {"tau": None, "selected_on": None, **record}
         rundir.write_json(results_path, results)
     return record
@@ -222,6 +256,7 @@ def command(flag_values) -> None:
         f.data_dir,
         f.smooth_head,
         f.smooth_tail,
+        f.bn_stats,
     )
     groups = ", ".join(
         f"{k} {'—' if v is None else f'{100 * v:.2f}%'}" for k, v in record["many_medium_few"].items()
@@ -255,6 +290,13 @@ def define_flags(flag_values) -> None:
         "0 and 0: one-hot targets (plain cRT).",
     )
     define["float"]("smooth_tail", 0.0, "Label-aware smoothing: eps of the smallest class, in [0, 1).")
+    define["enum"](
+        "bn_stats",
+        "trained",
+        BN_STATS,
+        "Batch-norm statistics of the features: the network's own (trained), or re-estimated first "
+        "on one pass of class-balanced batches of the classifier data (class_balanced).",
+    )
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
 
 

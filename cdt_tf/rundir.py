@@ -48,18 +48,34 @@ def write_json(path: str, value) -> None:
     os.replace(temporary, path)
 
 
-def write_classifier(path: str, kernel, bias) -> None:
-    """Writes a linear classifier (kernel [D, C], bias [C]) as .npz, atomically."""
+def write_classifier(path: str, kernel, bias, batch_norm: dict | None = None) -> None:
+    """Writes a linear classifier (kernel [D, C], bias [C]) as .npz, atomically.
+
+    batch_norm: {layer name: (moving mean, moving variance)} the classifier was trained with, when
+    they are not the run's own (re-estimated statistics); stored beside the weights.
+    """
+    arrays = {"kernel": np.asarray(kernel, np.float32), "bias": np.asarray(bias, np.float32)}
+    for name, (mean, variance) in (batch_norm or {}).items():
+        arrays[f"bn/{name}/moving_mean"] = np.asarray(mean, np.float32)
+        arrays[f"bn/{name}/moving_variance"] = np.asarray(variance, np.float32)
     temporary = f"{path}.tmp.npz"
-    np.savez(temporary, kernel=np.asarray(kernel, np.float32), bias=np.asarray(bias, np.float32))
+    np.savez(temporary, **arrays)
     os.replace(temporary, path)
 
 
-def read_classifier(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(kernel [D, C], bias [C]) of a file `write_classifier` wrote; one-line UserError if unusable."""
+def read_classifier(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(kernel [D, C], bias [C], batch-norm statistics or {}) of a file `write_classifier` wrote.
+
+    One-line UserError when it is missing or unusable.
+    """
     try:
         with np.load(path) as content:
-            return content["kernel"], content["bias"]
+            names = sorted({key.split("/")[1] for key in content.files if key.startswith("bn/")})
+            batch_norm = {
+                name: (content[f"bn/{name}/moving_mean"], content[f"bn/{name}/moving_variance"])
+                for name in names
+            }
+            return content["kernel"], content["bias"], batch_norm
     except (OSError, KeyError, ValueError) as error:
         raise UserError(f"cannot read the classifier weights {path} ({error}); retrain them") from None
 

@@ -262,3 +262,15 @@ def test_crt_with_label_aware_smoothing_reports_validation(tmp_path, cli):
     assert epsilon[0] == pytest.approx(0.3) and epsilon[-1] == pytest.approx(0.1)
     assert 0 <= record["validation"]["top1"] <= 1
     assert "crt_las" in _results(model_dir)["post_hoc"] and "crt" not in _results(model_dir)["post_hoc"]
+    # cRT on batch-norm statistics re-estimated on class-balanced batches: its own key and weights.
+    result = _module(
+        "cdt_tf.retrain_classifier", f"--model_dir={model_dir}", "--epochs=1", "--bn_stats=class_balanced"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Re-estimating the batch-norm statistics" in result.stdout
+    record = _results(model_dir)["post_hoc"]["crt_bn"]
+    assert (
+        record["bn_stats"] == "class_balanced" and record["weights"] == "retrained_own_bn_class_balanced.npz"
+    )
+    with np.load(model_dir / record["weights"]) as weights:
+        assert any(key.startswith("bn/") and key.endswith("/moving_mean") for key in weights.files)

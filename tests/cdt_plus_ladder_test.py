@@ -21,6 +21,7 @@ if args[1] == "cdt_tf.retrain_classifier":
     head = next((a.split("=", 1)[1] for a in args if a.startswith("--smooth_head=")), None)
     tail = next((a.split("=", 1)[1] for a in args if a.startswith("--smooth_tail=")), None)
     name = "own" if head is None else "own_las%g-%g" % (float(head), float(tail))
+    name += "_bn" if "--bn_stats=class_balanced" in args else ""
     record = {{"top1": 0.5, "validation": {{"top1": 0.99 if head else 0.2}}}}
     with open(os.path.join(model_dir, "retrained_%s_class_balanced.json" % name), "w") as f:
         json.dump(record, f)

@@ -618,6 +618,24 @@ def test_a_retrained_classifier_is_exported_in_place_of_the_trained_one(exported
     np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(-1))
     trained = exported.model.predict(exported.images, verbose=0)
     assert not np.allclose(outputs["logits"].numpy(), trained, atol=1e-2)  # The head was replaced.
+    # With re-estimated batch-norm statistics (crt_bn), the export carries them too.
+    statistics = {
+        name: (mean + 0.3, variance * 1.5)
+        for name, (mean, variance) in models.batch_norm_statistics(exported.model).items()
+    }
+    rundir.write_classifier(
+        os.path.join(model_dir, "retrained_own_bn_class_balanced.npz"), kernel, bias, statistics
+    )
+    results["post_hoc"]["crt_bn"] = {"weights": "retrained_own_bn_class_balanced.npz", "top1": 0.5}
+    _write_json(os.path.join(model_dir, "results.json"), results)
+    path, _ = export.export_run(model_dir, str(tmp_path / "out"), classifier="crt_bn")
+    shifted = keras.models.clone_model(exported.model)
+    shifted.set_weights(exported.model.get_weights())
+    models.set_batch_norm_statistics(shifted, statistics)
+    expected = models.feature_extractor(shifted).predict(exported.images, verbose=0) @ kernel + bias
+    outputs = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(exported.images))
+    np.testing.assert_allclose(outputs["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(expected, features @ kernel + bias, atol=1e-2)  # The statistics mattered.
     # Weights of another width are refused, naming the file.
     rundir.write_classifier(os.path.join(model_dir, "retrained_own_class_balanced.npz"), kernel[:-1], bias)
     with pytest.raises(UserError, match=r"retrained_own_class_balanced.npz: a classifier kernel"):

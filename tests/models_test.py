@@ -382,3 +382,53 @@ def test_fused_bn_takes_low_precision_inputs_without_casts(dtype):
         0.9 * weights[3] + 0.1 * pixels.var(0, ddof=1),
         rtol=1e-4,
     )
+
+
+def test_reestimated_batch_norm_statistics_are_the_average_over_the_batches():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    x = models.FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name="bn1")(inputs)
+    x = keras.layers.Conv2D(2, 1, name="conv")(x)
+    outputs = models.FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name="bn2")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("bn1").moving_mean.assign([50.0, -50.0, 9.0])  # Stale statistics: must not survive.
+    kernel_before = keras.ops.convert_to_numpy(model.get_layer("conv").kernel).copy()
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(c, 1 + c, (8, 4, 4, 3)).astype(np.float32) for c in (0.0, 1.0, 3.0)]
+    dataset = tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros(3))).repeat()
+    assert models.reestimate_batch_norm(model, dataset, steps=3) == 3
+    # Layer 1: the plain average of the batch means and of the unbiased batch variances.
+    pixels = [b.reshape(-1, 3).astype(np.float64) for b in batches]
+    statistics = models.batch_norm_statistics(model)
+    np.testing.assert_allclose(statistics["bn1"][0], np.mean([p.mean(0) for p in pixels], 0), atol=1e-4)
+    np.testing.assert_allclose(
+        statistics["bn1"][1], np.mean([p.var(0, ddof=1) for p in pixels], 0), rtol=1e-4
+    )
+    # Layer 2 sees layer 1's batch-normalised output (training mode), through the unchanged conv.
+    second = []
+    for b in batches:
+        normalised = (b - b.reshape(-1, 3).mean(0)) / np.sqrt(b.reshape(-1, 3).var(0) + 1e-5)
+        second.append(keras.ops.convert_to_numpy(model.get_layer("conv")(normalised)).reshape(-1, 2))
+    np.testing.assert_allclose(statistics["bn2"][0], np.mean([s.mean(0) for s in second], 0), atol=1e-4)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("conv").kernel), kernel_before)
+    assert model.get_layer("bn1").momentum == 0.9  # Restored.
+    # The statistics round-trip onto another copy of the network; a mismatch is refused.
+    other = keras.models.clone_model(model)
+    models.set_batch_norm_statistics(other, statistics)
+    np.testing.assert_array_equal(models.batch_norm_statistics(other)["bn2"][1], statistics["bn2"][1])
+    with pytest.raises(ValueError, match="batch-norm statistics"):
+        models.set_batch_norm_statistics(other, {"bn1": statistics["bn1"]})
+
+
+def test_with_classifier_replaces_the_head_and_refuses_a_wrong_width(resnet32):
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.normal(0, 1, (64, 10)).astype(np.float32), rng.normal(0, 1, 10).astype(np.float32)
+    images = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    replaced = models.with_classifier(resnet32, kernel, bias)
+    features = models.feature_extractor(resnet32).predict(images, verbose=0)
+    np.testing.assert_allclose(
+        replaced.predict(images, verbose=0), features @ kernel + bias, rtol=1e-4, atol=1e-4
+    )
+    assert replaced.get_layer("classifier").kernel.shape == (64, 10)
+    with pytest.raises(ValueError, match="do not fit 64 features"):
+        models.with_classifier(resnet32, kernel[:10], bias)

@@ -9,9 +9,11 @@ Every rung trains flags/cifar10_lt100_cdt.cfg (the paper's recipe, compressed to
 a lever name or several joined by "+" ("wd5e-4+mixup"); "cdt" is the base alone. Choices are read
 off the validation column only: the test column is printed beside it, never used to choose (the
 post-hoc columns' tau is also selected on the validation split, by cdt_tf.post_hoc). Each finished
-rung also gets two second stages on its frozen features (seconds each): cRT and cRT with label-aware
-smoothing (`python -m cdt_tf.retrain_classifier`). Runs go one after the other; a finished rung is
-collected, not re-run, and a killed one resumes when the same command starts again.
+rung also gets four second stages on its frozen features (seconds each, `python -m
+cdt_tf.retrain_classifier`): cRT, cRT with label-aware smoothing, and both again on batch-norm
+statistics re-estimated on class-balanced batches (`--bn_stats=class_balanced`). Runs go one after
+the other; a finished rung is collected, not re-run, and a killed one resumes when the same command
+starts again.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ _PYTHON = flags.DEFINE_string("python", sys.executable, "Python that runs cdt_tf
 _SECOND_STAGE = flags.DEFINE_bool(
     "second_stage",
     True,
-    "Also retrain each finished rung's classifier: cRT, and cRT with label-aware smoothing.",
+    "Also retrain each finished rung's classifier: cRT, cRT with label-aware smoothing, each with "
+    "the trained and with re-estimated batch-norm statistics.",
 )
 _SMOOTH_HEAD = flags.DEFINE_float(
     "smooth_head", 0.3, "cRT+LAS: smoothing of the largest class (MiSLAS's CIFAR-10)."
@@ -122,12 +125,13 @@ def stage_two_commands(run_dir: str) -> dict[str, tuple[str, list[str]]]:
     """Second stages on a finished rung: name -> (record file in run_dir, retrain_classifier command)."""
     base = [_PYTHON.value, "-m", "cdt_tf.retrain_classifier", f"--model_dir={run_dir}"]
     head, tail = _SMOOTH_HEAD.value, _SMOOTH_TAIL.value
+    las = [f"--smooth_head={head}", f"--smooth_tail={tail}"]
+    bn = ["--bn_stats=class_balanced"]
     return {
         "cRT": ("retrained_own_class_balanced.json", base),
-        "cRT+LAS": (
-            f"retrained_own_las{head:g}-{tail:g}_class_balanced.json",
-            base + [f"--smooth_head={head}", f"--smooth_tail={tail}"],
-        ),
+        "cRT+LAS": (f"retrained_own_las{head:g}-{tail:g}_class_balanced.json", base + las),
+        "cRT+BN": ("retrained_own_bn_class_balanced.json", base + bn),
+        "cRT+LAS+BN": (f"retrained_own_las{head:g}-{tail:g}_bn_class_balanced.json", base + las + bn),
     }
 
 
@@ -152,7 +156,7 @@ def choices(results, run_dir: str) -> dict[str, tuple]:
     return found
 
 
-CHOICE_COLUMNS = ("N_c^τ", "LA", "cRT", "cRT+LAS")
+CHOICE_COLUMNS = ("N_c^τ", "LA", "cRT", "cRT+LAS", "cRT+BN", "cRT+LAS+BN")
 
 
 def table_row(rung: str, results, found: dict) -> str:
