@@ -30,6 +30,11 @@ LR_SCHEDULES = ("step", "cosine")
 # How strided convolutions pad (models._conv_bn): symmetric (PyTorch, official TF ResNets) or Keras "same".
 CONV_PADDINGS = ("symmetric", "same")
 
+# Second stages on a finished run's frozen features (cdt_tf.retrain_classifier; main's --second_stage):
+# cRT, with label-aware smoothing (_las), on re-estimated batch-norm statistics (_bn). Each is also the
+# key of its results.json post_hoc entry and a cdt_tf.export --classifier.
+SECOND_STAGES = ("crt", "crt_las", "crt_bn", "crt_las_bn")
+
 # Input pipeline (cdt_tf.input_pipeline).
 SAMPLERS = ("instance", "class_balanced")
 AUGMENTATIONS = ("crop_flip", "none")

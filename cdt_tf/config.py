@@ -191,6 +191,18 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "A finished --holdout_per_class run directory: use its held-out-selected post-hoc taus here "
         "(the second step of the Table 9 protocol: retrain on the full subset).",
     )
+    define["enum"](
+        "second_stage",
+        "none",
+        ("none",) + catalog.SECOND_STAGES,
+        "After training, retrain the classifier on the frozen features (python -m "
+        "cdt_tf.retrain_classifier, seconds): crt (class-balanced batches), crt_las (with label-aware "
+        "smoothing, --smooth_head/--smooth_tail), *_bn (on batch-norm statistics re-estimated on "
+        "class-balanced batches). Recorded in results.json post_hoc.<name>; `python -m cdt_tf.export "
+        "--classifier=<name>` serves it. none: off.",
+    )
+    define["float"]("smooth_head", 0.3, "--second_stage=crt_las*: label smoothing of the largest class.")
+    define["float"]("smooth_tail", 0.0, "--second_stage=crt_las*: label smoothing of the smallest class.")
     # Optimisation (the paper's CIFAR recipe).
     define["integer"]("epochs", 200, "Training epochs.")
     define["integer"]("batch_size", 128, "Global batch size (summed over replicas).")
@@ -304,6 +316,9 @@ class Config:
     holdout_per_class: int = 0
     val_per_class: int = 0
     tau_from: str | None = None
+    second_stage: str = "none"
+    smooth_head: float = 0.3
+    smooth_tail: float = 0.0
     strategy: str = "auto"
     precision: str = "auto"
     mixed_precision: bool = False
@@ -332,6 +347,10 @@ class Config:
         "checkpoint_every",
         "stats_every",
         "tau_from",
+        # The second stage reads the finished network; it does not change the training.
+        "second_stage",
+        "smooth_head",
+        "smooth_tail",
         "strategy",
         "profile_batch",
         # The precision is resolved once, when the run starts, and recorded (resolved_precision): a
@@ -418,7 +437,17 @@ class Config:
                     ("imbalance", self.imbalance, class_stats.PROFILES),
                     ("bad_images", self.bad_images, catalog.BAD_IMAGES),
                     ("lr_schedule", self.lr_schedule, catalog.LR_SCHEDULES),
+                    ("second_stage", self.second_stage, ("none",) + catalog.SECOND_STAGES),
                 )
+            ),
+            *(
+                (0 <= value < 1, f"--{name} must be in [0, 1), got {value}")
+                for name, value in (("smooth_head", self.smooth_head), ("smooth_tail", self.smooth_tail))
+            ),
+            (
+                "_las" not in self.second_stage or self.smooth_head > 0 or self.smooth_tail > 0,
+                f"--second_stage={self.second_stage} smooths labels: give --smooth_head or --smooth_tail > 0 "
+                "(or use --second_stage=crt)",
             ),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),

@@ -46,12 +46,12 @@ import tempfile
 
 from absl import flags, logging
 
-from cdt_tf import cli, rundir
+from cdt_tf import catalog, cli, rundir
 from cdt_tf.errors import UserError
 
 SIGNATURES = ("serving_default", "serve_image_bytes", "serve_with_tau")
 # --classifier: the run's own, or a retrained one named by its results.json post_hoc entry.
-CLASSIFIERS = ("trained", "crt", "crt_las", "crt_bn", "crt_las_bn")
+CLASSIFIERS = ("trained",) + catalog.SECOND_STAGES
 CLASS_NAMES_FILE = "class_names.txt"
 METADATA_FILE = "cdt_export.json"
 INT64_MAX = 2**63 - 1

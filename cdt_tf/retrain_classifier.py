@@ -37,8 +37,27 @@ BN_STATS = ("trained", "class_balanced")
 
 
 def posthoc_key(smoothing: bool, batch_norm: bool) -> str:
-    """results.json's post_hoc key of a cRT variant: crt, crt_las, crt_bn or crt_las_bn."""
+    """results.json's post_hoc key of a cRT variant: one of catalog.SECOND_STAGES."""
     return "crt" + ("_las" if smoothing else "") + ("_bn" if batch_norm else "")
+
+
+def second_stage(
+    model_dir: str, name: str, smooth_head: float, smooth_tail: float, data_dir: str | None = None
+) -> dict:
+    """Runs one of catalog.SECOND_STAGES on a finished run (cRT on its own subset) and returns its record.
+
+    smooth_head/smooth_tail apply to the *_las stages only.
+    """
+    if name not in catalog.SECOND_STAGES:
+        raise UserError(f"unknown second stage {name!r}; use one of {', '.join(catalog.SECOND_STAGES)}")
+    smoothing = "_las" in name
+    return retrain(
+        model_dir,
+        data_dir=data_dir,
+        smooth_head=smooth_head if smoothing else 0.0,
+        smooth_tail=smooth_tail if smoothing else 0.0,
+        bn_stats="class_balanced" if name.endswith("_bn") else "trained",
+    )
 
 
 def train_linear_classifier(
