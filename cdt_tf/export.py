@@ -30,8 +30,8 @@ underflows (see NcTauCalibration); classes is always the argmax of logits / N_c^
 
 Images of another size than the model's are resized (bilinear, rounded to uint8 levels), as the
 data loader resized the training and test images (cdt_tf.datasets.decode_images). tau defaults to
-results.json's post_hoc.nc_tau.tau (the tau selected for the run), else 0 (plain argmax); with
---classifier=crt or crt_las (a classifier cdt_tf.retrain_classifier retrained), to 0. CDT's
+results.json's post_hoc.nc_tau.tau (the tau selected for the run), else 0 (plain argmax); with a
+retrained classifier (--classifier=crt, crt_las, crt_bn or crt_las_bn), to 0. CDT's
 temperatures are a training device only and are not part of the graph.
 """
 

@@ -16,9 +16,9 @@ al. retrain through the frozen network with augmentation; precomputed features m
 seconds instead of epochs (our choice, stated in results). Writes
 `<model_dir>/retrained_<tag>.json`, the new classifier's weights beside it
 (`retrained_<tag>.npz`, kernel and bias) and, for cRT proper (the run's own subset with
-class-balanced sampling), the `post_hoc.crt` entry of results.json (`post_hoc.crt_las` with
-label-aware smoothing). `python -m cdt_tf.export --classifier=crt` (or `crt_las`) exports the
-network with that classifier in place of its own.
+class-balanced sampling), the `post_hoc.crt` entry of results.json (`crt_las` with label-aware
+smoothing, `crt_bn`/`crt_las_bn` on re-estimated batch-norm statistics). `python -m cdt_tf.export
+--classifier=<that key>` exports the network with that classifier in place of its own.
 """
 
 from __future__ import annotations
