@@ -115,18 +115,23 @@ class PerClassEvaluation(keras.callbacks.Callback):
 
 
 class MetricsJsonl(keras.callbacks.Callback):
-    """Appends one JSON line of the epoch's logs (and wall time) to a file."""
+    """Appends one JSON line of the epoch's logs (and wall time) to a file.
+
+    Each line also says when this process started ("started", UTC): the lines of a run resumed after
+    a kill carry a new value, so `rundir.training_time` counts the starts.
+    """
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
         self._start = time.time()
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2)}
+        record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2), "started": self.started}
         record.update({k: float(v) for k, v in (logs or {}).items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

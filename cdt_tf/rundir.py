@@ -80,6 +80,32 @@ def read_classifier(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
         raise UserError(f"cannot read the classifier weights {path} ({error}); retrain them") from None
 
 
+def training_time(model_dir: str) -> dict | None:
+    """What metrics.jsonl says of the training's wall time, over every start of the run.
+
+    Returns {"epochs": epochs logged, "epoch_seconds": their summed wall time (an epoch logged twice,
+    by a start killed after logging it, counts once: its last line), "starts": how many processes
+    trained it (None when the lines predate the "started" field)}, or None without metrics.jsonl.
+    """
+    path = os.path.join(model_dir, METRICS)
+    if not os.path.exists(path):
+        return None
+    lines = []
+    with open(path) as f:
+        for line in f:
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:  # A line cut by a kill.
+                continue
+    last = {line["epoch"]: line for line in lines if isinstance(line, dict) and "epoch" in line}
+    starts = {line["started"] for line in lines if isinstance(line, dict) and "started" in line}
+    return {
+        "epochs": len(last),
+        "epoch_seconds": round(sum(float(line.get("seconds", 0)) for line in last.values()), 1),
+        "starts": len(starts) or None,
+    }
+
+
 def read_json(path: str, what: str = "", remedy: str = ""):
     """The JSON content of a file; one-line UserError when it is missing or malformed.
 

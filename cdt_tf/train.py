@@ -177,7 +177,8 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
     with _data_errors_as_user_errors(config, "evaluating the trained model"):
         results = _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name)
     results["subset_hash"] = subset["hash"]
-    results["train_seconds"] = round(train_seconds, 1)
+    results["train_seconds"] = round(train_seconds, 1)  # This start's; "training" covers every start.
+    results["training"] = rundir.training_time(config.model_dir)
     results["precision"] = precision
     rundir.write_json(os.path.join(config.model_dir, rundir.RESULTS), results)
     post_hoc.plot_sweeps(

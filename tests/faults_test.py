@@ -62,7 +62,11 @@ def test_sigkilled_run_resumes_from_its_last_epoch(tmp_path):
     assert resumed == list(range(backed_up + 1, 13))  # Continues after the backup, not from epoch 1.
     assert sorted(set(epochs)) == list(range(1, 13))
     with open(os.path.join(model_dir, "results.json")) as f:
-        assert json.load(f)["epochs"] == 12
+        results = json.load(f)
+    assert results["epochs"] == 12
+    # Two processes trained it; the wall time counts every epoch once, over both.
+    assert results["training"]["starts"] == 2 and results["training"]["epochs"] == 12
+    assert results["training"]["epoch_seconds"] > 0
     assert not os.path.exists(os.path.join(model_dir, "backup"))  # Removed once training finished.
 
 

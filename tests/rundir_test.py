@@ -157,3 +157,20 @@ def test_a_run_from_before_precision_loads_with_or_without_mixed_precision():
     # The 200-epoch CDT run of results/ was started with --mixed_precision before --precision existed.
     assert rundir.config_from_dict({**legacy, "mixed_precision": True}).mixed_precision
     assert config.differences({**legacy, "mixed_precision": False}) == ["conv_padding"]
+
+
+def test_training_time_counts_every_start_and_each_epoch_once(tmp_path):
+    assert rundir.training_time(str(tmp_path)) is None  # No metrics.jsonl.
+    lines = [
+        {"epoch": 1, "seconds": 10.0, "started": "2026-12-03T10:00:00Z"},
+        {"epoch": 2, "seconds": 11.0, "started": "2026-12-03T10:00:00Z"},
+        {"epoch": 2, "seconds": 12.5, "started": "2026-12-03T11:00:00Z"},  # Logged again after a kill.
+        {"epoch": 3, "seconds": 13.0, "started": "2026-12-03T11:00:00Z"},
+    ]
+    with open(tmp_path / rundir.METRICS, "w") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines) + '{"epoch": 4, "seco')  # Cut by a kill.
+    assert rundir.training_time(str(tmp_path)) == {"epochs": 3, "epoch_seconds": 35.5, "starts": 2}
+    # Lines from before the "started" field: the starts are unknown, the time is still summed.
+    with open(tmp_path / rundir.METRICS, "w") as f:
+        f.write(json.dumps({"epoch": 1, "seconds": 4.0}) + "\n")
+    assert rundir.training_time(str(tmp_path)) == {"epochs": 1, "epoch_seconds": 4.0, "starts": None}

@@ -26,6 +26,9 @@ import sys
 from absl import app, flags
 from recipes import REPO, Runner, compressed_flags, flagfile_values, read_json, scale_epoch
 
+sys.path.insert(0, REPO)
+from cdt_tf.rundir import training_time  # noqa: E402  (NumPy and absl only, no TensorFlow)
+
 BASE_FLAGFILE = os.path.join("flags", "cifar10_lt100_cdt.cfg")
 BASE = "cdt"
 # Lever name -> (what it is, the flags that switch it on). Values are the usual CIFAR choices of the
@@ -159,7 +162,7 @@ def choices(results, run_dir: str) -> dict[str, tuple]:
 CHOICE_COLUMNS = ("N_c^τ", "LA", "cRT", "cRT+LAS", "cRT+BN", "cRT+LAS+BN")
 
 
-def table_row(rung: str, results, found: dict) -> str:
+def table_row(rung: str, results, found: dict, seconds=None) -> str:
     """One Markdown row: validation first (what chooses), then test, then the other ways to classify."""
     what = " + ".join(LEVERS[lever][0] for lever in rung_levers(rung)) or "CDT γ = 0.3, the paper's recipe"
     if results is None:
@@ -172,7 +175,7 @@ def table_row(rung: str, results, found: dict) -> str:
         validation, test, tau = found[name]
         return f"{_percent(validation)} / {_percent(test)}" + ("" if tau is None else f" (τ {tau:g})")
 
-    minutes = results.get("train_seconds")
+    seconds = seconds or results.get("train_seconds")  # Every start's epochs, else the last start's.
     cells = [
         _percent(found["argmax"][0]),
         _percent(found["argmax"][1]),
@@ -180,7 +183,7 @@ def table_row(rung: str, results, found: dict) -> str:
         _percent(shots.get("medium")),
         _percent(shots.get("few")),
         *(cell(name) for name in CHOICE_COLUMNS),
-        "—" if minutes is None else f"{minutes / 60:.0f}",
+        "—" if seconds is None else f"{seconds / 60:.0f}",
     ]
     return f"| {rung} | {what} | " + " | ".join(cells) + " |"
 
@@ -198,7 +201,7 @@ def main(argv):
             for name, (record_name, stage_command) in stage_two_commands(run_dir).items():
                 runner.ensure(stage_command, os.path.join(run_dir, record_name), f"{rung} {name}")
         found = choices(results, run_dir)
-        rows.append(table_row(rung, results, found))
+        rows.append(table_row(rung, results, found, (training_time(run_dir) or {}).get("epoch_seconds")))
         for name, (validation, test, _) in found.items():
             if validation is not None and (best is None or validation > best[2]):
                 best = (rung, name, validation, test)
