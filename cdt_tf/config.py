@@ -94,6 +94,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define["float"](
         "mix_prob", 1.0, "Probability that a batch is mixed (MixUp/CutMix); the others keep one-hot labels."
     )
+    define["integer"](
+        "mix_until_epoch",
+        0,
+        "MixUp/CutMix in epochs 1..N only; the later epochs train on unmixed batches (Bag of Tricks' "
+        "fine-tuning after mixup). 0: every epoch.",
+    )
     # Model and objective.
     define["enum"](
         "model",
@@ -297,6 +303,7 @@ class Config:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
+    mix_until_epoch: int = 0
     model: str = "auto"
     classifier: str = "auto"
     conv_padding: str = "symmetric"
@@ -484,6 +491,14 @@ class Config:
                 f"--cutmix_alpha must be >= 0 (0: off), got {self.cutmix_alpha}",
             ),
             (0 <= self.mix_prob <= 1, f"--mix_prob must be in [0, 1], got {self.mix_prob}"),
+            (
+                0 <= self.mix_until_epoch < self.epochs,
+                f"--mix_until_epoch must be in [0, --epochs) (0: every epoch), got {self.mix_until_epoch}",
+            ),
+            (
+                not self.mix_until_epoch or self.mixup_alpha > 0 or self.cutmix_alpha > 0,
+                "--mix_until_epoch needs --mixup_alpha or --cutmix_alpha > 0",
+            ),
             (
                 0 <= self.randaugment_magnitude <= 1,
                 f"--randaugment_magnitude must be in [0, 1] (0: off), got {self.randaugment_magnitude}",

@@ -109,12 +109,14 @@ class RunData:
             return input_pipeline.build_file_eval_dataset(split.paths[indices], labels, batch_size, size)
         return input_pipeline.build_record_eval_dataset(split.records(indices), batch_size, size)
 
-    def train_dataset(self, config: Config):
+    def train_dataset(self, config: Config, mix_prob=None):
         """The augmented training pipeline of --sampler and --augmentation, then --randaugment_magnitude,
         --cutout and --mixup_alpha/--cutmix_alpha (`augment.augment_dataset`).
 
         Yields (uint8 [B, ...], int64 [B]); with MixUp/CutMix (float32 [B, ...], float32 [B, C]).
-        The same for sources in memory and read from files.
+        The same for sources in memory and read from files. mix_prob: a float32 tf.Variable to read
+        the mixing probability from at each batch (set by a schedule; --mix_until_epoch), else
+        --mix_prob.
         """
         return augment.augment_dataset(
             self._base_train_dataset(config),
@@ -126,7 +128,7 @@ class RunData:
             cutout_side=config.cutout,
             mixup_alpha=config.mixup_alpha,
             cutmix_alpha=config.cutmix_alpha,
-            mix_prob=config.mix_prob,
+            mix_prob=config.mix_prob if mix_prob is None else mix_prob,
         )
 
     def _base_train_dataset(self, config: Config):

@@ -332,9 +332,12 @@ def training_metrics(num_classes: int, soft_labels: bool) -> list[keras.metrics.
 
 
 def build_callbacks(
-    config: Config, data: run_data.RunData, test_data, loss, steps_per_epoch: int
+    config: Config, data: run_data.RunData, test_data, loss, steps_per_epoch: int, mix_prob=None
 ) -> tuple[list[keras.callbacks.Callback], StopOnNaN, PerClassEvaluation]:
-    """The run's callbacks in the order they must run, the NaN guard and the per-class evaluation."""
+    """The run's callbacks in the order they must run, the NaN guard and the per-class evaluation.
+
+    mix_prob: the pipeline's mixing-probability variable (--mix_until_epoch), scheduled here.
+    """
     log_dir = os.path.join(config.model_dir, rundir.LOGS)
     checkpoint_dir = os.path.join(config.model_dir, rundir.CHECKPOINTS)
     os.makedirs(checkpoint_dir, exist_ok=True)
@@ -348,8 +351,14 @@ def build_callbacks(
         config.eval_every,
         config.epochs,
     )
+    scheduled = loss_schedules(config, loss, data.class_counts)
+    if mix_prob is not None:
+        until, prob = config.mix_until_epoch, config.mix_prob
+        scheduled.append(
+            VariableSchedule(mix_prob, lambda epoch: prob if epoch < until else 0.0, log_name="mix_prob")
+        )
     callbacks = [
-        *loss_schedules(config, loss, data.class_counts),  # First: later callbacks log the values they set.
+        *scheduled,  # First: later callbacks log the values they set.
         stop_on_nan,
         GuardedBackupAndRestore(os.path.join(config.model_dir, rundir.BACKUP), stop_on_nan),
         ScheduleLogger(getattr(loss, "gamma", None)),
@@ -394,11 +403,16 @@ def fit(
 ) -> tuple[keras.Model | None, Features | None]:
     """Builds, compiles and trains the model; returns it (None on a multi_worker non-chief) and the
     final epoch's test pass when the per-class evaluation made one (else None)."""
-    train_data = data.train_dataset(config)
+    mix_prob = None
+    if config.mix_until_epoch:  # The pipeline reads it per batch; a callback zeroes it after that epoch.
+        mix_prob = tf.Variable(config.mix_prob, trainable=False, dtype=tf.float32, name="mix_prob")
+    train_data = data.train_dataset(config, mix_prob)
     steps_per_epoch = config.steps_per_epoch or data.size("train") // config.batch_size
     with strategy.scope():
         build_model, model, loss = compile_model(config, data, steps_per_epoch)
-    callbacks, stop_on_nan, evaluation = build_callbacks(config, data, test_data, loss, steps_per_epoch)
+    callbacks, stop_on_nan, evaluation = build_callbacks(
+        config, data, test_data, loss, steps_per_epoch, mix_prob
+    )
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # A custom loop: fit fails there.
         # On the chief, the trained model copied outside the strategy (predict works there); else None.
         model = multi_worker.fit(strategy, model, build_model, train_data, config, steps_per_epoch, callbacks)

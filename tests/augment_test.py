@@ -239,6 +239,20 @@ def test_augment_dataset_mixing_gives_float_soft_labels_reproducibly():
     np.testing.assert_allclose(first[0][1].sum(1), 1.0, rtol=1e-6)
 
 
+def test_a_mix_prob_variable_switches_mixing_for_the_next_pass():
+    """--mix_until_epoch: the pipeline reads the probability from a variable a schedule sets."""
+    mix_prob = tf.Variable(1.0, trainable=False, dtype=tf.float32)
+    dataset = augment.augment_dataset(_batches(), NUM_CLASSES, 8, seed=0, mixup_alpha=1.0, mix_prob=mix_prob)
+    mixed = _take(dataset, 4)
+    assert any((labels.max(1) < 1).any() for _, labels in mixed)
+    mix_prob.assign(0.0)
+    plain = _take(dataset, 4)
+    originals = _take(_batches(), 4)
+    for (images, labels), (raw_images, raw_labels) in zip(plain, originals, strict=True):
+        np.testing.assert_array_equal(images, raw_images.astype(np.float32))
+        np.testing.assert_array_equal(labels, np.eye(NUM_CLASSES, dtype=np.float32)[raw_labels])
+
+
 # ----------------------------------------------------------------------------- in training
 
 
@@ -292,6 +306,8 @@ def test_a_model_fits_mixed_batches():
         ({"randaugment_ops": 0}, "--randaugment_ops"),
         ({"cutout": -1}, "--cutout"),
         ({"mixup_alpha": 0.2, "strategy": "multi_worker"}, "multi_worker"),
+        ({"mix_until_epoch": 5}, "--mix_until_epoch needs --mixup_alpha"),
+        ({"mixup_alpha": 0.2, "mix_until_epoch": 200}, r"--mix_until_epoch must be in \[0, --epochs\)"),
     ],
 )
 def test_bad_flags_name_the_flag(overrides, fragment):
@@ -302,7 +318,15 @@ def test_bad_flags_name_the_flag(overrides, fragment):
 def test_defaults_are_off_so_older_runs_resume():
     config = Config(dataset="digits", model_dir="/tmp/run").validate()
     assert not config.mixes_batches and config.randaugment_magnitude == 0 and config.cutout == 0
-    new = ("randaugment_magnitude", "randaugment_ops", "cutout", "mixup_alpha", "cutmix_alpha", "mix_prob")
+    new = (
+        "randaugment_magnitude",
+        "randaugment_ops",
+        "cutout",
+        "mixup_alpha",
+        "cutmix_alpha",
+        "mix_prob",
+        "mix_until_epoch",
+    )
     older = {k: v for k, v in config.to_dict().items() if k not in (*new, "lr_schedule", "val_per_class")}
     assert config.differences(older) == []
     assert dataclasses.replace(config, cutout=16).differences(older) == ["cutout"]

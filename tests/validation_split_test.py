@@ -138,7 +138,8 @@ def test_tau_selected_on_validation_is_labelled_so():
 
 
 def test_cli_run_with_every_lever(cli, tmp_path):
-    """A digits smoke run: validation split, RandAugment, Cutout, MixUp + CutMix and a cosine schedule."""
+    """A digits smoke run: validation split, RandAugment, Cutout, MixUp + CutMix (epoch 1 only) and a
+    cosine schedule."""
     model_dir = tmp_path / "run"
     result = cli(
         *DIGITS_SMOKE,
@@ -148,6 +149,7 @@ def test_cli_run_with_every_lever(cli, tmp_path):
         "--mixup_alpha=0.2",
         "--cutmix_alpha=1.0",
         "--mix_prob=0.8",
+        "--mix_until_epoch=1",
         "--lr_schedule=cosine",
         "--eval_per_class=2",
         f"--model_dir={model_dir}",
@@ -168,5 +170,6 @@ def test_cli_run_with_every_lever(cli, tmp_path):
     assert subset["validation_hash"] and subset["validation_from"] == validation["from"]
     records = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
     assert len(records) == 2 and all(0 <= r["accuracy"] <= 1 for r in records)
+    assert [r["mix_prob"] for r in records] == [pytest.approx(0.8), 0.0]  # Unmixed after epoch 1.
     config = json.load(open(model_dir / "config.json"))
     assert config["lr_schedule"] == "cosine" and config["mixup_alpha"] == 0.2

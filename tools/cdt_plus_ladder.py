@@ -45,6 +45,10 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "γ deferred: 0 until the first LR decay, then 0.3 (as DRW defers its weights)",
         ("--gamma_schedule=step", "--gamma_epoch={first_decay}"),
     ),
+    "mixoff": (
+        "no mixing from the first LR decay on (with mixup or cutmix: fine-tuning after mixup)",
+        ("--mix_until_epoch={first_decay}",),
+    ),
     "gamma0.5": ("gamma 0.5 (from 0.3)", ("--gamma=0.5",)),
     "gamma0.2": ("gamma 0.2 (from 0.3)", ("--gamma=0.2",)),
 }
