@@ -393,7 +393,8 @@ def command(flag_values) -> None:
         logging.set_verbosity(logging.WARNING)
     f = flag_values
     path, tau = export_run(f.model_dir, f.export_dir, f.tau, f.classifier)
-    print(f"Exported {path} ({f.classifier} classifier, tau={tau:g}); signatures: {', '.join(SIGNATURES)}")
+    held = "" if f.classifier == "trained" else f" with the {f.classifier} classifier"
+    print(f"Exported {path} (tau={tau:g}){held}; signatures: {', '.join(SIGNATURES)}")
     print(f"Inspect: saved_model_cli show --dir {path} --all")
 
 
