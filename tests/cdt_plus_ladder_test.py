@@ -39,6 +39,9 @@ results = {{
 }}
 with open(os.path.join(model_dir, "results.json"), "w") as f:
     json.dump(results, f)
+with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:  # Two starts of 10 minutes each.
+    f.write(json.dumps({{"epoch": 1, "seconds": 600.0, "started": "a"}}) + "\\n")
+    f.write(json.dumps({{"epoch": 2, "seconds": 600.0, "started": "b"}}) + "\\n")
 """
 
 
@@ -62,8 +65,10 @@ def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validat
         "--data_dir=../shared/data/cifar10-jpeg",
         "--epochs=60",
         "--val_per_class=100",
+        f"--output={tmp_path / 'ladder.md'}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "ladder.md").read_text() in result.stdout  # The printed table, also written.
     argv = json.loads((runs / "wd5e-4+mixup" / "argv.json").read_text())
     assert argv[:2] == ["-m", "cdt_tf.main"]
     assert "--flagfile=flags/cifar10_lt100_cdt.cfg" in argv
@@ -84,6 +89,7 @@ def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validat
     assert "| 70.0 / 75.0 (τ 0.1) | — |" in row
     # The second stages ran on every rung; cRT+LAS has the best validation top-1 of all cells.
     assert "| 20.0 / 50.0 | 99.0 / 50.0 |" in row
+    assert row.endswith("| 20 |")  # Minutes over both starts in metrics.jsonl, not the last start's 30.
     assert "Best on validation: cdt, cRT+LAS (99.0; its test top-1 50.0)" in result.stdout
 
 

@@ -192,23 +192,8 @@ def table_row(rung: str, results, found: dict, seconds=None) -> str:
     return f"| {rung} | {what} | " + " | ".join(cells) + " |"
 
 
-def main(argv):
-    del argv
-    runs_dir = os.path.expanduser(_RUNS_DIR.value)
-    for rung in _RUNGS.value:
-        rung_levers(rung)  # Every name is checked before hours of training start.
-    runner, rows, best = Runner(_RUN.value), [], None
-    for rung in _RUNGS.value:
-        run_dir = os.path.join(runs_dir, rung)
-        results = runner.ensure(rung_command(rung, run_dir), os.path.join(run_dir, "results.json"), rung)
-        if _SECOND_STAGE.value and results is not None:
-            for name, (record_name, stage_command) in stage_two_commands(run_dir).items():
-                runner.ensure(stage_command, os.path.join(run_dir, record_name), f"{rung} {name}")
-        found = choices(results, run_dir)
-        rows.append(table_row(rung, results, found, (training_time(run_dir) or {}).get("epoch_seconds")))
-        for name, (validation, test, _) in found.items():
-            if validation is not None and (best is None or validation > best[2]):
-                best = (rung, name, validation, test)
+def report(rows: list[str], best, runner: Runner) -> str:
+    """The Markdown table of the rungs so far, the best cell on validation and the commands."""
     lines = [
         f"CDT+ ladder: CIFAR-10-LT ρ = 100, {_EPOCHS.value} epochs, {_PRECISION.value}, seed {_SEED.value}, "
         f"{_VAL_PER_CLASS.value} validation images a class; {datetime.date.today().isoformat()}, "
@@ -233,11 +218,39 @@ def main(argv):
     ]
     if runner.failures:
         lines += ["", "Failed: " + ", ".join(runner.failures)]
-    text = "\n".join(lines) + "\n"
-    print(text)
+    return "\n".join(lines) + "\n"
+
+
+def write_output(text: str) -> None:
+    """--output, atomically: a ladder killed mid-rung leaves the table of the rungs before it."""
     if _OUTPUT.value:
-        with open(_OUTPUT.value, "w") as f:
+        temporary = f"{_OUTPUT.value}.tmp"
+        with open(temporary, "w") as f:
             f.write(text)
+        os.replace(temporary, _OUTPUT.value)
+
+
+def main(argv):
+    del argv
+    runs_dir = os.path.expanduser(_RUNS_DIR.value)
+    for rung in _RUNGS.value:
+        rung_levers(rung)  # Every name is checked before hours of training start.
+    runner, rows, best = Runner(_RUN.value), [], None
+    for rung in _RUNGS.value:
+        run_dir = os.path.join(runs_dir, rung)
+        results = runner.ensure(rung_command(rung, run_dir), os.path.join(run_dir, "results.json"), rung)
+        if _SECOND_STAGE.value and results is not None:
+            for name, (record_name, stage_command) in stage_two_commands(run_dir).items():
+                runner.ensure(stage_command, os.path.join(run_dir, record_name), f"{rung} {name}")
+        found = choices(results, run_dir)
+        rows.append(table_row(rung, results, found, (training_time(run_dir) or {}).get("epoch_seconds")))
+        for name, (validation, test, _) in found.items():
+            if validation is not None and (best is None or validation > best[2]):
+                best = (rung, name, validation, test)
+        write_output(report(rows, best, runner))  # After every rung.
+    text = report(rows, best, runner)
+    print(text)
+    write_output(text)
     if runner.failures:
         sys.exit(1)
 
