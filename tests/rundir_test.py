@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -126,10 +127,19 @@ def test_importing_the_package_registers_every_custom_object(finished_run):
 
 def test_collect_run_copies_the_record_without_checkpoints(finished_run, tmp_path):
     tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "collect_run.py")
-    result = run_command(sys.executable, tool, f"--run={finished_run}", f"--results_dir={tmp_path}")
+    run = tmp_path / "runs" / finished_run.name
+    shutil.copytree(finished_run, run)
+    (run / "retrained_own_class_balanced.json").write_text('{"top1": 0.5}')  # A second stage's record...
+    (run / "retrained_own_class_balanced.npz").write_bytes(b"weights")  # ... and its weights (left).
+    result = run_command(sys.executable, tool, f"--run={run}", f"--results_dir={tmp_path / 'results'}")
     assert result.returncode == 0, result.stderr[-2000:]
-    copied = tmp_path / finished_run.name
-    assert sorted(os.listdir(copied)) == ["config.json", "metrics.jsonl", "results.json"]
+    copied = tmp_path / "results" / finished_run.name
+    assert sorted(os.listdir(copied)) == [
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "retrained_own_class_balanced.json",
+    ]
     assert json.loads((copied / "results.json").read_text()) == json.loads(
         (finished_run / "results.json").read_text()
     )

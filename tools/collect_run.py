@@ -1,4 +1,5 @@
-r"""Copies a finished run's record into the checkout: results/<name>/{config,results}.json, metrics.jsonl.
+r"""Copies a finished run's record into the checkout: results/<name>/{config,results}.json, metrics.jsonl
+and the records of its second stages (retrained_*.json).
 
   python tools/collect_run.py --run=~/cdt-runs/cifar10_lt100_cdt
   python tools/collect_run.py --run=~/cdt-runs/cifar10_lt100_cdt --export   # + export/1 (SavedModel)
@@ -33,11 +34,14 @@ FLAGS = flags.FLAGS
 
 
 def collect(run: str, destination: str) -> list[str]:
-    """Copies FILES of a finished run into destination; returns the paths written."""
+    """Copies FILES and the retrained_*.json records of a finished run into destination; returns the
+    paths written."""
     rundir.read_finished(run)  # Refuses an unfinished or damaged run in one line.
     os.makedirs(destination, exist_ok=True)
+    # The second stages' records (retrained_*.json, a few KB each; not their .npz weights).
+    retrained = sorted(n for n in os.listdir(run) if n.startswith("retrained_") and n.endswith(".json"))
     written = []
-    for name in FILES:
+    for name in (*FILES, *retrained):
         shutil.copyfile(os.path.join(run, name), os.path.join(destination, name))
         written.append(os.path.join(destination, name))
     return written
