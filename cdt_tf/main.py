@@ -25,23 +25,18 @@ def command(flag_values) -> None:
     if results.get("post_hoc"):
         print(post_hoc.format_section(results["post_hoc"]))
     if run_config.second_stage != "none":
-        run_second_stage(run_config, results)
+        run_second_stage(run_config)
     print(f"Results: {os.path.join(run_config.model_dir, 'results.json')}")
 
 
-def run_second_stage(run_config: config.Config, results: dict) -> None:
+def run_second_stage(run_config: config.Config) -> None:
     """--second_stage: retrain the finished run's classifier (once; a later start reuses the record)."""
     from cdt_tf import retrain_classifier
 
     name = run_config.second_stage
-    record = (results.get("post_hoc") or {}).get(name)
-    smoothing = (run_config.smooth_head, run_config.smooth_tail) if "_las" in name else (0.0, 0.0)
-    recorded = record and tuple(
-        (record.get("label_aware_smoothing") or {}).get(k, 0.0) for k in ("head", "tail")
+    record = retrain_classifier.second_stage(
+        run_config.model_dir, name, run_config.smooth_head, run_config.smooth_tail, run_config.data_dir
     )
-    if not record or recorded != smoothing:
-        print(f"Second stage: {name} on the frozen features ...", flush=True)
-        record = retrain_classifier.second_stage(run_config.model_dir, name, *smoothing, run_config.data_dir)
     held = "" if not record.get("validation") else f", validation {100 * record['validation']['top1']:.2f}%"
     print(
         f"Second stage {name}: top-1 {100 * record['top1']:.2f}%{held}; serve it with: python -m "

@@ -44,19 +44,24 @@ def posthoc_key(smoothing: bool, batch_norm: bool) -> str:
 def second_stage(
     model_dir: str, name: str, smooth_head: float, smooth_tail: float, data_dir: str | None = None
 ) -> dict:
-    """Runs one of catalog.SECOND_STAGES on a finished run (cRT on its own subset) and returns its record.
+    """One of catalog.SECOND_STAGES on a finished run (cRT on its own subset): its record.
 
-    smooth_head/smooth_tail apply to the *_las stages only.
+    smooth_head/smooth_tail apply to the *_las stages only. A record already in results.json's
+    post_hoc.<name> with the same smoothing is returned as it is; else the classifier is retrained.
     """
     if name not in catalog.SECOND_STAGES:
         raise UserError(f"unknown second stage {name!r}; use one of {', '.join(catalog.SECOND_STAGES)}")
-    smoothing = "_las" in name
+    smoothing = (smooth_head, smooth_tail) if "_las" in name else (0.0, 0.0)
+    results = rundir.read_json(os.path.join(model_dir, rundir.RESULTS), "object")
+    record = (results.get("post_hoc") or {}).get(name)
+    if record:
+        recorded = record.get("label_aware_smoothing") or {}
+        if (recorded.get("head", 0.0), recorded.get("tail", 0.0)) == smoothing:
+            return record
+    print(f"Second stage: {name} on the frozen features ...", flush=True)
+    bn_stats = "class_balanced" if name.endswith("_bn") else "trained"
     return retrain(
-        model_dir,
-        data_dir=data_dir,
-        smooth_head=smooth_head if smoothing else 0.0,
-        smooth_tail=smooth_tail if smoothing else 0.0,
-        bn_stats="class_balanced" if name.endswith("_bn") else "trained",
+        model_dir, data_dir=data_dir, smooth_head=smoothing[0], smooth_tail=smoothing[1], bn_stats=bn_stats
     )
 
 
