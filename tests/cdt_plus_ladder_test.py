@@ -119,3 +119,58 @@ def test_norun_collects_only_and_an_unknown_lever_is_refused_before_any_run(tmp_
     assert result.returncode != 0
     assert "unknown lever(s) ['dropout']" in result.stderr
     assert not (tmp_path / "cdt").exists()
+
+
+# ----------------------------------------------------------------------------- the chosen recipe
+
+CDT_PLUS = os.path.join(REPO_ROOT, "flags", "cifar10_lt100_cdt_plus.cfg")
+LADDER_RESULTS = os.path.join(REPO_ROOT, "results", "cdt_plus_ladder")
+# What a ladder rung changes against its 200-epoch recipe: the schedule's length (compressed to 60
+# epochs), the validation split carved out for choosing, and where this machine keeps the data.
+LADDER_ONLY = {"epochs", "warmup_epochs", "decay_epochs", "val_per_class", "data_dir"}
+
+
+def _flagfile_config(path):
+    from absl import flags
+
+    from cdt_tf import config as config_lib
+
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x"])
+    return config_lib.Config.from_flags(values)
+
+
+def _chosen_rung():
+    line = next(line for line in open(CDT_PLUS) if line.startswith("# Chosen rung: "))
+    return line.split(": ", 1)[1].split()[0]
+
+
+def test_the_cdt_plus_recipe_is_its_ladder_rung_at_200_epochs():
+    recipe = _flagfile_config(CDT_PLUS)
+    with open(os.path.join(LADDER_RESULTS, _chosen_rung(), "config.json")) as f:
+        rung = json.load(f)
+    # Epoch-valued lever flags sit where the rung put them, relative to the first LR decay.
+    scaled = {
+        key
+        for key in ("mix_until_epoch", "gamma_epoch", "drw_epoch")
+        if rung[key] == rung["decay_epochs"][0] and getattr(recipe, key) == recipe.decay_epochs[0]
+    }
+    assert set(recipe.differences(rung)) - scaled == LADDER_ONLY
+    assert (recipe.epochs, recipe.decay_epochs, recipe.val_per_class) == (200, (160, 180), 0)
+    assert rung["val_per_class"] > 0  # The rung was chosen on a validation split.
+
+
+def test_the_cdt_plus_smoothing_is_the_grids_best_on_validation():
+    recipe = _flagfile_config(CDT_PLUS)
+    assert recipe.second_stage == "crt_las"
+    cells, rung_dir = {}, os.path.join(LADDER_RESULTS, _chosen_rung())
+    for name in os.listdir(rung_dir):
+        trained_bn = name.endswith("_class_balanced.json") and "_bn" not in name
+        if name.startswith("retrained_own_las") and trained_bn:
+            with open(os.path.join(rung_dir, name)) as f:
+                record = json.load(f)
+            smoothing = record["label_aware_smoothing"]
+            cells[(smoothing["head"], smoothing["tail"])] = record["validation"]["top1"]
+    assert len(cells) >= 5, cells
+    assert max(cells, key=cells.get) == (recipe.smooth_head, recipe.smooth_tail)
