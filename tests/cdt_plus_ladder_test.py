@@ -6,6 +6,9 @@ import json
 import os
 import sys
 
+from absl import flags
+
+from cdt_tf import config as config_lib
 from conftest import REPO_ROOT, run_command
 
 LADDER = os.path.join(REPO_ROOT, "tools", "cdt_plus_ladder.py")
@@ -131,10 +134,6 @@ LADDER_ONLY = {"epochs", "warmup_epochs", "decay_epochs", "val_per_class", "data
 
 
 def _flagfile_config(path):
-    from absl import flags
-
-    from cdt_tf import config as config_lib
-
     values = flags.FlagValues()
     config_lib.define_flags(values)
     values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x"])
