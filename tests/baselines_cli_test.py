@@ -9,11 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
-from cdt_tf import config as config_lib
 from cdt_tf import paper_results
-from conftest import DIGITS_SMOKE, REPO_ROOT, run_command, run_module
+from conftest import DIGITS_SMOKE, REPO_ROOT, flagfile_config, run_command, run_module
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import reproduce_table  # noqa: E402
@@ -120,13 +118,6 @@ def test_committed_flagfiles_match_the_generator():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _parse_flagfile(path):
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x"])
-    return config_lib.Config.from_flags(values)
-
-
 @pytest.mark.parametrize("table, profile", [("2", "exp"), ("7", "step")])
 def test_a_flagfile_for_every_cifar_row_of_tables_2_and_7(table, profile):
     kind = "lt" if profile == "exp" else "step"
@@ -135,21 +126,21 @@ def test_a_flagfile_for_every_cifar_row_of_tables_2_and_7(table, profile):
             path = os.path.join(REPO_ROOT, "flags", f"{dataset}_{kind}{ratio}_{suffix}.cfg")
             text = open(path).read()
             assert f"Paper, Table {table}:" in text, path
-            config = _parse_flagfile(path)
+            config = flagfile_config(path)
             assert (config.dataset, config.imbalance, config.imbalance_ratio) == (dataset, profile, ratio)
             assert config.epochs == 200 and config.resolved_model == "resnet32"
 
 
 def test_method_flagfiles_set_their_method():
     def load(suffix):
-        return _parse_flagfile(os.path.join(REPO_ROOT, "flags", f"cifar10_lt100_{suffix}.cfg"))
+        return flagfile_config(os.path.join(REPO_ROOT, "flags", f"cifar10_lt100_{suffix}.cfg"))
 
     assert load("resample").sampler == "class_balanced"
     assert load("ldam_drw").drw_epoch == 160 and load("ldam_drw").resolved_classifier == "cosine"
     assert load("ldam").drw_epoch == 0
     assert load("cb").loss == "cb" and load("cb").cb_beta == 0.9999
     assert load("cdt_holdout3").holdout_per_class == 3
-    balanced = _parse_flagfile(os.path.join(REPO_ROOT, "flags", "cifar10_balanced1240_ce.cfg"))
+    balanced = flagfile_config(os.path.join(REPO_ROOT, "flags", "cifar10_balanced1240_ce.cfg"))
     assert balanced.imbalance == "none" and balanced.max_per_class == 1240
 
 

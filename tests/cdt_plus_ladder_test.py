@@ -6,10 +6,7 @@ import json
 import os
 import sys
 
-from absl import flags
-
-from cdt_tf import config as config_lib
-from conftest import REPO_ROOT, run_command
+from conftest import REPO_ROOT, flagfile_config, run_command
 
 LADDER = os.path.join(REPO_ROOT, "tools", "cdt_plus_ladder.py")
 
@@ -133,20 +130,13 @@ LADDER_RESULTS = os.path.join(REPO_ROOT, "results", "cdt_plus_ladder")
 LADDER_ONLY = {"epochs", "warmup_epochs", "decay_epochs", "val_per_class", "data_dir"}
 
 
-def _flagfile_config(path):
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x"])
-    return config_lib.Config.from_flags(values)
-
-
 def _chosen_rung():
     line = next(line for line in open(CDT_PLUS) if line.startswith("# Chosen rung: "))
     return line.split(": ", 1)[1].split()[0]
 
 
 def test_the_cdt_plus_recipe_is_its_ladder_rung_at_200_epochs():
-    recipe = _flagfile_config(CDT_PLUS)
+    recipe = flagfile_config(CDT_PLUS)
     with open(os.path.join(LADDER_RESULTS, _chosen_rung(), "config.json")) as f:
         rung = json.load(f)
     # Epoch-valued lever flags sit where the rung put them, relative to the first LR decay.
@@ -161,7 +151,7 @@ def test_the_cdt_plus_recipe_is_its_ladder_rung_at_200_epochs():
 
 
 def test_the_cdt_plus_smoothing_is_the_grids_best_on_validation():
-    recipe = _flagfile_config(CDT_PLUS)
+    recipe = flagfile_config(CDT_PLUS)
     assert recipe.second_stage == "crt_las"
     cells, rung_dir = {}, os.path.join(LADDER_RESULTS, _chosen_rung())
     for name in os.listdir(rung_dir):

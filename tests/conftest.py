@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
+
+from cdt_tf import config as config_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_JPEG = os.path.join(REPO_ROOT, "..", "shared", "data", "cifar10-jpeg")
@@ -35,6 +38,14 @@ DIGITS_SMOKE = (
 def subprocess_env(**extra: str) -> dict:
     """The environment of every command a test starts: this checkout first on the path, quiet TF."""
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO_ROOT, **extra}
+
+
+def flagfile_config(path: str, *extra: str) -> config_lib.Config:
+    """The validated Config that a flagfile gives (with a placeholder --model_dir and any extra flags)."""
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x", *extra])
+    return config_lib.Config.from_flags(values)
 
 
 def run_command(*command: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:

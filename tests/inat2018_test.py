@@ -16,7 +16,7 @@ from cdt_tf import config as config_lib
 from cdt_tf import datasets, input_pipeline, models
 from cdt_tf.datasets import load_source
 from cdt_tf.errors import DataError
-from conftest import REPO_ROOT, run_module
+from conftest import REPO_ROOT, flagfile_config, run_module
 
 # (category id, species, supercategory), not in id order, ids not contiguous: indices follow sorted ids.
 CATEGORIES = (
@@ -608,10 +608,7 @@ def test_flagfiles_hold_the_table_3_recipe(method):
     path = os.path.join(REPO_ROOT, "flags", f"inat2018_{method}.cfg")
     with open(path) as f:
         assert "Paper, Table 3:" in f.read()
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x"])
-    config = config_lib.Config.from_flags(values)
+    config = flagfile_config(path)
     assert (config.dataset, config.imbalance, config.resolved_model, config.loss) == (
         "inat2018",
         "none",

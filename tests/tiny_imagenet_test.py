@@ -9,13 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from cdt_tf import catalog, class_stats, datasets, input_pipeline, models
 from cdt_tf import config as config_lib
 from cdt_tf.datasets import load_source
 from cdt_tf.errors import DataError
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, flagfile_config
 
 # wnids.txt's order (not sorted) is the class order.
 WNIDS = ("n02123045", "n01443537", "n02206856")
@@ -284,10 +283,7 @@ def test_flagfiles_hold_the_table_4_recipe(method, loss):
     path = os.path.join(REPO_ROOT, "flags", f"tiny_imagenet_lt100_{method}.cfg")
     with open(path) as f:
         assert "Paper, Table 4:" in f.read()
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    values(["prog", f"--flagfile={path}", "--model_dir=/tmp/x", "--data_dir=/data"])
-    config = config_lib.Config.from_flags(values)
+    config = flagfile_config(path, "--data_dir=/data")
     assert (config.dataset, config.imbalance, config.imbalance_ratio, config.loss) == (
         "tiny_imagenet",
         "exp",
