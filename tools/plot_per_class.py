@@ -1,10 +1,14 @@
 r"""Per-class test accuracy of several runs side by side (grouped bars; the paper's Fig. 3b / 9).
 
   python tools/plot_per_class.py --runs=runs/cifar10_lt100_ce,runs/cifar10_lt100_cdt --out=per_class.png
+  python tools/plot_per_class.py --runs=runs/cifar10_lt100_cdt,runs/cifar10_lt100_cdt_plus \
+      --classifiers=argmax,crt_las --out=per_class.png
 
-Reads each run's results.json. The legend names each run by its loss and gamma (and its directory
-when two runs would get the same name), or by --labels. Classes are ordered by decreasing N_c of
-the first run and labelled with its N_c; all runs must have the same classes.
+Reads each run's results.json: the argmax of its logits, or with --classifiers one of its post_hoc
+entries (nc_tau, logit_adjustment, crt_las, ...). The legend names each run by its loss and gamma (and
+the classifier, and its directory when two runs would get the same name), or by --labels. Classes are
+ordered by decreasing N_c of the first run and labelled with its N_c; all runs must have the same
+classes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from cdt_tf.rundir import read_json  # noqa: E402
 
 flags.DEFINE_list("runs", None, "Run directories (comma-separated), each holding results.json.")
 flags.DEFINE_string("out", "per_class_accuracy.png", "Output PNG.")
+flags.DEFINE_list(
+    "classifiers",
+    None,
+    "One per run: 'argmax' (the plain logits) or a key of the run's results.json post_hoc section "
+    "(e.g. nc_tau, logit_adjustment, crt_las). Default: argmax for every run.",
+)
 flags.DEFINE_list("labels", None, "Legend entries, one per run (default: loss and gamma of each run).")
 flags.mark_flag_as_required("runs")
 FLAGS = flags.FLAGS
@@ -37,6 +47,20 @@ def run_label(config: dict) -> str:
     if config.get("loss") == "cdt":
         return f"CDT γ={config.get('gamma')}"
     return f"ERM ({config.get('loss', '?')})"
+
+
+def per_class_accuracy(result: dict, classifier: str, run_dir: str) -> list:
+    """Per-class test accuracy of one classifier of a run: 'argmax' or a post_hoc entry's."""
+    if classifier == "argmax":
+        return result["per_class_accuracy"]
+    post_hoc = result.get("post_hoc") or {}
+    entry = post_hoc.get(classifier) or {}
+    if "per_class_accuracy" not in entry:
+        have = ", ".join(
+            ["argmax"] + sorted(k for k, v in post_hoc.items() if "per_class_accuracy" in (v or {}))
+        )
+        raise UserError(f"{run_dir} has no post_hoc.{classifier} with per-class accuracy; it has: {have}")
+    return entry["per_class_accuracy"]
 
 
 def unique_labels(labels: list[str], run_dirs: list[str]) -> list[str]:
@@ -97,14 +121,26 @@ def main(argv):
                 )
         if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.runs):
             raise UserError(f"--labels has {len(FLAGS.labels)} entries for {len(FLAGS.runs)} --runs")
-        labels = FLAGS.labels or unique_labels([run_label(r.get("config", {})) for r in results], FLAGS.runs)
-        accuracies = np.array(
-            [[np.nan if a is None else a for a in r["per_class_accuracy"]] for r in results], dtype=float
+        classifiers = FLAGS.classifiers or ["argmax"] * len(FLAGS.runs)
+        if len(classifiers) != len(FLAGS.runs):
+            raise UserError(f"--classifiers has {len(classifiers)} entries for {len(FLAGS.runs)} --runs")
+        per_class = [
+            per_class_accuracy(r, c, d) for r, c, d in zip(results, classifiers, FLAGS.runs, strict=True)
+        ]
+        labels = FLAGS.labels or unique_labels(
+            [
+                run_label(r.get("config", {})) + ("" if c == "argmax" else f" + {c}")
+                for r, c in zip(results, classifiers, strict=True)
+            ],
+            FLAGS.runs,
         )
+        accuracies = np.array([[np.nan if a is None else a for a in p] for p in per_class], dtype=float)
     except UserError as error:
         print(f"plot_per_class: error: {error}", file=sys.stderr)
         sys.exit(2)
     plot(FLAGS.out, accuracies, labels, names, results[0]["class_counts"])
+    for label, row in zip(labels, accuracies, strict=True):
+        print(f"{label}: mean per-class test accuracy {100 * np.nanmean(row):.1f}%")
     print(f"Wrote {FLAGS.out}")
 
 
