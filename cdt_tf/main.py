@@ -38,8 +38,9 @@ def run_second_stage(run_config: config.Config) -> None:
         run_config.model_dir, name, run_config.smooth_head, run_config.smooth_tail, run_config.data_dir
     )
     held = "" if not record.get("validation") else f", validation {100 * record['validation']['top1']:.2f}%"
+    took = f" ({record['seconds']:.0f} s)" if record.get("seconds") is not None else ""
     print(
-        f"Second stage {name}: top-1 {100 * record['top1']:.2f}%{held}; serve it with: python -m "
+        f"Second stage {name}: top-1 {100 * record['top1']:.2f}%{held}{took}; serve it with: python -m "
         f"cdt_tf.export --model_dir={run_config.model_dir} --classifier={name}"
     )
 

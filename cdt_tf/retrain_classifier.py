@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 
 import numpy as np
 
@@ -147,13 +148,14 @@ def retrain(
     them first on one pass of class-balanced, pad-crop-flipped batches of the classifier data
     (`models.reestimate_batch_norm`), and the weights file carries them.
     The record holds the test split's accuracy and, for a run with --val_per_class, the
-    validation split's (choose the smoothing there).
+    validation split's (choose the smoothing there), and the stage's wall time in `seconds`.
     """
     if bn_stats not in BN_STATS:
         raise UserError(f"--bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
     for flag, value in (("--smooth_head", smooth_head), ("--smooth_tail", smooth_tail)):
         if not 0 <= value < 1:
             raise UserError(f"{flag} must be in [0, 1) (both 0: plain cRT), got {value}")
+    started = time.monotonic()
     run = rundir.load_finished(model_dir, data_dir)
     from cdt_tf import run_data  # Imports TensorFlow: after the directory is known good.
 
@@ -253,6 +255,8 @@ def retrain(
             if validation is None
             else {k: validation[k] for k in ("top1", "top5", "many_medium_few", "per_class_accuracy")}
         ),
+        # Wall time of the whole second stage: loading the run, the feature passes and the training.
+        "seconds": round(time.monotonic() - started, 1),
     }
     name = f"retrained_{tag}_{sampler}"
     rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias, batch_norm)
@@ -286,7 +290,10 @@ def command(flag_values) -> None:
         f"{k} {'—' if v is None else f'{100 * v:.2f}%'}" for k, v in record["many_medium_few"].items()
     )
     held = "" if record["validation"] is None else f" (validation {100 * record['validation']['top1']:.2f}%)"
-    print(f"Retrained classifier: top-1 {100 * record['top1']:.2f}%{held} | {groups}")
+    print(
+        f"Retrained classifier: top-1 {100 * record['top1']:.2f}%{held} | {groups} "
+        f"| {record['seconds']:.0f} s"
+    )
 
 
 def define_flags(flag_values) -> None:

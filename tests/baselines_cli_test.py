@@ -280,6 +280,7 @@ def test_main_runs_the_second_stage_once_and_refuses_smoothing_without_values(tm
     record = _results(model_dir)["post_hoc"]["crt_las"]
     assert record["label_aware_smoothing"]["head"] == 0.2 and record["label_aware_smoothing"]["tail"] == 0.05
     assert (model_dir / record["weights"]).is_file() and record["validation"] is not None
+    assert record["seconds"] > 0 and f"({record['seconds']:.0f} s)" in result.stdout
     # The same command again: the finished run and its second stage are reused, not redone.
     again = cli(*flags_, "--smooth_head=0.2", "--smooth_tail=0.05")
     assert again.returncode == 0, again.stderr[-2000:]
