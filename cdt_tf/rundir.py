@@ -184,6 +184,26 @@ def finished_results(model_dir: str) -> dict | None:
     )
 
 
+def classifier_summary(results: dict, classifier: str, where: str) -> dict:
+    """The test summary of one way to classify with a finished run's network.
+
+    classifier: "argmax" (the logits as trained: results.json itself) or a key of its post_hoc
+    section (nc_tau, logit_adjustment, crt_las, ...) whose record has per-class accuracy. Returns
+    the record (top1, many_medium_few, per_class_accuracy, ...); a one-line UserError naming the
+    classifiers `where` (the run directory) has when it lacks this one.
+    """
+    if classifier == "argmax":
+        return results
+    post_hoc = results.get("post_hoc") or {}
+    entry = post_hoc.get(classifier) or {}
+    if "per_class_accuracy" not in entry:
+        have = ["argmax"] + sorted(k for k, v in post_hoc.items() if "per_class_accuracy" in (v or {}))
+        raise UserError(
+            f"{where} has no post_hoc.{classifier} with per-class accuracy; it has: {', '.join(have)}"
+        )
+    return entry
+
+
 def trained(model_dir: str) -> bool:
     """Whether training finished (model.keras written); the evaluation may still be missing."""
     return os.path.exists(os.path.join(model_dir, MODEL))

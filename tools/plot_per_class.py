@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from cdt_tf.errors import UserError  # noqa: E402
-from cdt_tf.rundir import read_json  # noqa: E402
+from cdt_tf.rundir import classifier_summary, read_json  # noqa: E402
 
 flags.DEFINE_list("runs", None, "Run directories (comma-separated), each holding results.json.")
 flags.DEFINE_string("out", "per_class_accuracy.png", "Output PNG.")
@@ -47,20 +47,6 @@ def run_label(config: dict) -> str:
     if config.get("loss") == "cdt":
         return f"CDT γ={config.get('gamma')}"
     return f"ERM ({config.get('loss', '?')})"
-
-
-def per_class_accuracy(result: dict, classifier: str, run_dir: str) -> list:
-    """Per-class test accuracy of one classifier of a run: 'argmax' or a post_hoc entry's."""
-    if classifier == "argmax":
-        return result["per_class_accuracy"]
-    post_hoc = result.get("post_hoc") or {}
-    entry = post_hoc.get(classifier) or {}
-    if "per_class_accuracy" not in entry:
-        have = ", ".join(
-            ["argmax"] + sorted(k for k, v in post_hoc.items() if "per_class_accuracy" in (v or {}))
-        )
-        raise UserError(f"{run_dir} has no post_hoc.{classifier} with per-class accuracy; it has: {have}")
-    return entry["per_class_accuracy"]
 
 
 def unique_labels(labels: list[str], run_dirs: list[str]) -> list[str]:
@@ -125,7 +111,8 @@ def main(argv):
         if len(classifiers) != len(FLAGS.runs):
             raise UserError(f"--classifiers has {len(classifiers)} entries for {len(FLAGS.runs)} --runs")
         per_class = [
-            per_class_accuracy(r, c, d) for r, c, d in zip(results, classifiers, FLAGS.runs, strict=True)
+            classifier_summary(r, c, d)["per_class_accuracy"]
+            for r, c, d in zip(results, classifiers, FLAGS.runs, strict=True)
         ]
         labels = FLAGS.labels or unique_labels(
             [
