@@ -143,6 +143,18 @@ def test_collect_run_copies_the_record_without_checkpoints(finished_run, tmp_pat
     assert json.loads((copied / "results.json").read_text()) == json.loads(
         (finished_run / "results.json").read_text()
     )
+    # Exporting a second stage the run does not have: one line, before TensorFlow loads.
+    result = run_command(
+        sys.executable,
+        tool,
+        f"--run={run}",
+        f"--results_dir={tmp_path / 'results'}",
+        "--export",
+        "--classifier=crt_las",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "crt_las" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+    assert not (copied / "export").exists()
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     refused = run_command(sys.executable, tool, f"--run={unfinished}", f"--results_dir={tmp_path}")

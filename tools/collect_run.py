@@ -3,6 +3,7 @@ and the records of its second stages (retrained_*.json).
 
   python tools/collect_run.py --run=~/cdt-runs/cifar10_lt100_cdt
   python tools/collect_run.py --run=~/cdt-runs/cifar10_lt100_cdt --export   # + export/1 (SavedModel)
+  python tools/collect_run.py --run=~/cdt-runs/cifar10_lt100_cdt_plus --export --classifier=crt_las
 
 Run directories live outside the checkout (hours of training must survive a fresh checkout); what
 BENCHMARKS.md quotes is committed from here, without checkpoints. <name> defaults to the run
@@ -29,6 +30,12 @@ flags.DEFINE_string("run", None, "A finished run directory.")
 flags.DEFINE_string("name", None, "Folder under results/ (default: the run directory's name).")
 flags.DEFINE_string("results_dir", os.path.join(REPO_ROOT, "results"), "Where the record goes.")
 flags.DEFINE_bool("export", False, "Also export the SavedModel to results/<name>/export/ (a few MB).")
+flags.DEFINE_string(
+    "classifier",
+    "trained",
+    "With --export: the classifier to serve, 'trained' or a second stage of the run (e.g. crt_las), "
+    "as cdt_tf.export --classifier.",
+)
 flags.mark_flag_as_required("run")
 FLAGS = flags.FLAGS
 
@@ -58,8 +65,10 @@ def main(argv):
             from cdt_tf import export  # Imports TensorFlow.
 
             logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines name the staging directory.
-            path, tau = export.export_run(run, os.path.join(destination, "export"))
-            print(f"{path} (tau={tau:g})")
+            path, tau = export.export_run(
+                run, os.path.join(destination, "export"), classifier=FLAGS.classifier
+            )
+            print(f"{path} (tau={tau:g}, classifier {FLAGS.classifier})")
     except UserError as error:
         cli.fail(error)
 
