@@ -693,3 +693,29 @@ def test_next_version_counts_what_tf_serving_reads_as_a_version(tmp_path):
     os.makedirs(tmp_path / str(2**63 - 1))
     with pytest.raises(UserError, match="the largest TF Serving reads"):
         export.next_version(str(tmp_path))
+
+
+def test_evaluate_export_scores_an_image_folder_through_serve_image_bytes(exported, tmp_path):
+    # Class folders named as the export names its classes (one with a space), labels 0..9, 0, 1.
+    labels = np.arange(len(exported.images)) % 10
+    for i, (image, label) in enumerate(zip(exported.images, labels, strict=True)):
+        folder = tmp_path / "test" / CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        tf.io.write_file(str(folder / f"{i:04d}.png"), tf.io.encode_png(image))
+    outputs = tf.saved_model.load(exported.path).signatures["serving_default"](
+        images=tf.constant(exported.images)
+    )
+    expected = outputs["classes"].numpy() == labels
+    assert 0 < expected.mean() < 1  # Neither all right nor all wrong: the count is checked.
+    tool = os.path.join("tools", "evaluate_export.py")
+    result = _python(tool, f"--export={exported.path}", f"--images={tmp_path / 'test'}", "--batch_size=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"top-1 {100 * expected.mean():.2f}% on 12 images" in result.stdout, result.stdout
+    assert f"  zero: {100 * expected[labels == 0].mean():.1f}% of 2" in result.stdout, result.stdout
+    # A folder that is not a class of the export: one line, exit 2.
+    (tmp_path / "test" / "ten").mkdir()
+    result = _python(tool, f"--export={exported.path}", f"--images={tmp_path / 'test'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "folder(s) ['ten'] are not classes of the export" in result.stderr.strip().splitlines()[-1]
+    result = _python(tool, f"--export={exported.export_dir}", f"--images={tmp_path / 'test'}")
+    assert result.returncode == 2 and "pass <export_dir>/<version>" in result.stderr, result.stderr[-3000:]
