@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from conftest import REPO_ROOT, flagfile_config, run_command
+from conftest import REPO_ROOT, flagfile_config, run_command, subprocess_env
 
 LADDER = os.path.join(REPO_ROOT, "tools", "cdt_plus_ladder.py")
 
@@ -163,3 +163,36 @@ def test_the_cdt_plus_smoothing_is_the_grids_best_on_validation():
             cells[(smoothing["head"], smoothing["tail"])] = record["validation"]["top1"]
     assert len(cells) >= 5, cells
     assert max(cells, key=cells.get) == (recipe.smooth_head, recipe.smooth_tail)
+
+
+def test_cdt_plus_runs_trains_each_seed_of_the_recipe_into_its_own_directory(tmp_path):
+    # tools/cdt_plus_runs.sh with a stand-in Python that records each command (one JSON line each);
+    # the first seed "fails", and the script goes on to the next as long_runs.sh does.
+    log = tmp_path / "commands.jsonl"
+    fake = tmp_path / "fake_python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "sys.exit(3 if '--seed=0' in sys.argv else 0)\n"
+    )
+    fake.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    env = dict(subprocess_env(), PYTHON=str(fake), RUNS_DIR=str(tmp_path / "runs"), DATA_DIR=str(data))
+    env["SEEDS"] = "0 2"
+    result = run_command("bash", os.path.join(REPO_ROOT, "tools", "cdt_plus_runs.sh"), env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "cifar10_lt100_cdt_plus failed (3)" in result.stdout, result.stdout
+    commands = [json.loads(line) for line in log.read_text().splitlines()]
+    for seed, name, command in zip(
+        (0, 2), ("cifar10_lt100_cdt_plus", "cifar10_lt100_cdt_plus_seed2"), commands
+    ):
+        assert command == [
+            "-m",
+            "cdt_tf.main",
+            "--flagfile=flags/cifar10_lt100_cdt_plus.cfg",
+            f"--data_dir={data}",
+            f"--seed={seed}",
+            f"--model_dir={tmp_path / 'runs' / name}",
+        ]
+    assert len(commands) == 2
