@@ -165,7 +165,7 @@ def test_the_cdt_plus_smoothing_is_the_grids_best_on_validation():
     assert max(cells, key=cells.get) == (recipe.smooth_head, recipe.smooth_tail)
 
 
-def test_cdt_plus_runs_trains_each_seed_of_the_recipe_into_its_own_directory(tmp_path):
+def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own_directory(tmp_path):
     # tools/cdt_plus_runs.sh with a stand-in Python that records each command (one JSON line each);
     # the first seed "fails", and the script goes on to the next as long_runs.sh does.
     log = tmp_path / "commands.jsonl"
@@ -173,26 +173,52 @@ def test_cdt_plus_runs_trains_each_seed_of_the_recipe_into_its_own_directory(tmp
     fake.write_text(
         f"#!{sys.executable}\nimport json, sys\n"
         f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-        "sys.exit(3 if '--seed=0' in sys.argv else 0)\n"
+        "sys.exit(3 if sys.argv[-1].endswith('/cifar10_lt100_cdt_plus') else 0)\n"
     )
     fake.chmod(0o755)
     data = tmp_path / "data"
     data.mkdir()
-    env = dict(subprocess_env(), PYTHON=str(fake), RUNS_DIR=str(tmp_path / "runs"), DATA_DIR=str(data))
-    env["SEEDS"] = "0 2"
-    result = run_command("bash", os.path.join(REPO_ROOT, "tools", "cdt_plus_runs.sh"), env=env, timeout=60)
+    runs = tmp_path / "runs"
+    env = dict(subprocess_env(), PYTHON=str(fake), RUNS_DIR=str(runs), DATA_DIR=str(data))
+    script = os.path.join(REPO_ROOT, "tools", "cdt_plus_runs.sh")
+    result = run_command("bash", script, env=dict(env, SEEDS="0 2", VAL_PER_CLASS="7"), timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "cifar10_lt100_cdt_plus failed (3)" in result.stdout, result.stdout
-    commands = [json.loads(line) for line in log.read_text().splitlines()]
-    for seed, name, command in zip(
-        (0, 2), ("cifar10_lt100_cdt_plus", "cifar10_lt100_cdt_plus_seed2"), commands
-    ):
-        assert command == [
-            "-m",
-            "cdt_tf.main",
-            "--flagfile=flags/cifar10_lt100_cdt_plus.cfg",
-            f"--data_dir={data}",
-            f"--seed={seed}",
-            f"--model_dir={tmp_path / 'runs' / name}",
-        ]
-    assert len(commands) == 2
+    assert "== cifar10_lt100_cdt_plus failed (3)" in result.stdout, result.stdout
+    assert "failed" not in result.stdout.replace("cifar10_lt100_cdt_plus failed (3)", ""), result.stdout
+    head = ["-m", "cdt_tf.main", "--flagfile=flags/cifar10_lt100_cdt_plus.cfg", f"--data_dir={data}"]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        head + ["--seed=0", f"--model_dir={runs / 'cifar10_lt100_cdt_plus'}"],
+        head + ["--seed=2", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_seed2'}"],
+        head + ["--seed=0", "--val_per_class=7", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_val7'}"],
+    ]
+    # VAL_PER_CLASS=0: the seeds only.
+    log.unlink()
+    result = run_command("bash", script, env=dict(env, SEEDS="1", VAL_PER_CLASS="0"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        head + ["--seed=1", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_seed1'}"]
+    ]
+
+
+CDT_PLUS_RUNS = {0: "cifar10_lt100_cdt_plus", 1: "cifar10_lt100_cdt_plus_seed1"}
+
+
+def test_the_committed_cdt_plus_runs_are_the_recipe_and_its_header_quotes_their_top1():
+    # What README/BENCHMARKS quote comes from these folders: they must be the flagfile's recipe (only
+    # the seed and where the run and its data lived may differ), trained to the end, and the
+    # flagfile's "Measured here" line must quote their second stage's top-1.
+    recipe = flagfile_config(CDT_PLUS)
+    measured = []
+    for seed, name in CDT_PLUS_RUNS.items():
+        folder = os.path.join(REPO_ROOT, "results", name)
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(folder, "results.json")) as f:
+            results = json.load(f)
+        assert set(recipe.differences(config)) <= {"seed", "data_dir"}, (name, recipe.differences(config))
+        assert config["seed"] == seed and results["training"]["epochs"] == recipe.epochs
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            assert [json.loads(line)["epoch"] for line in f] == list(range(1, recipe.epochs + 1))
+        measured.append(f"{100 * results['post_hoc'][recipe.second_stage]['top1']:.2f}")
+    header = "".join(line for line in open(CDT_PLUS) if line.startswith("#"))
+    assert f"{' / '.join(measured)} % top-1" in " ".join(header.replace("#", " ").split()), measured

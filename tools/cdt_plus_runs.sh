@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The CDT+ recipe at 200 epochs (issue 13), one seed after another, outside the checkout: both stages of
+# The CDT+ recipe at 200 epochs (issue 13), one run after another, outside the checkout: both stages of
 # flags/cifar10_lt100_cdt_plus.cfg for each seed (seed 0 in cifar10_lt100_cdt_plus, seed N in
-# cifar10_lt100_cdt_plus_seedN).
+# cifar10_lt100_cdt_plus_seedN), then the same recipe with a VAL_PER_CLASS-a-class validation split
+# carved out (cifar10_lt100_cdt_plus_val<K>, seed 0: the selection run that tells, at the full length,
+# whether its second stage beats its argmax on validation and which tau N_c^tau and logit adjustment
+# take; VAL_PER_CLASS=0 skips it).
 #
 #   nohup bash tools/cdt_plus_runs.sh > ~/cdt-runs/cdt_plus_runs.log 2>&1 &
 #
@@ -15,12 +18,21 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
 # Absolute: a resumed run must be given the same --data_dir it started with (config.json records it).
 DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
+VAL_PER_CLASS="${VAL_PER_CLASS:-250}"
 mkdir -p "$RUNS_DIR"
+train() {  # train <name> <flags...>
+  local name="$1"
+  shift
+  echo "== $(date -u +%FT%TZ) $name ($*)"
+  "$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt_plus.cfg --data_dir="$DATA_DIR" "$@" \
+    --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+}
 for seed in ${SEEDS:-0 1}; do
   name=cifar10_lt100_cdt_plus
   [ "$seed" = 0 ] || name="${name}_seed$seed"
-  echo "== $(date -u +%FT%TZ) $name (seed $seed)"
-  "$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt_plus.cfg --data_dir="$DATA_DIR" \
-    --seed="$seed" --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+  train "$name" --seed="$seed"
 done
+if [ "$VAL_PER_CLASS" != 0 ]; then
+  train "cifar10_lt100_cdt_plus_val$VAL_PER_CLASS" --seed=0 --val_per_class="$VAL_PER_CLASS"
+fi
 echo "== $(date -u +%FT%TZ) done"
