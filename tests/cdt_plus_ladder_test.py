@@ -222,3 +222,18 @@ def test_the_committed_cdt_plus_runs_are_the_recipe_and_its_header_quotes_their_
         measured.append(f"{100 * results['post_hoc'][recipe.second_stage]['top1']:.2f}")
     header = "".join(line for line in open(CDT_PLUS) if line.startswith("#"))
     assert f"{' / '.join(measured)} % top-1" in " ".join(header.replace("#", " ").split()), measured
+
+
+def test_the_committed_cdt_plus_selection_run_is_the_recipe_with_a_validation_split():
+    recipe = flagfile_config(CDT_PLUS)
+    folder = os.path.join(REPO_ROOT, "results", "cifar10_lt100_cdt_plus_val250")
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    assert set(recipe.differences(config)) <= {"val_per_class", "data_dir"}
+    assert config["val_per_class"] == 250 and config["seed"] == 0
+    assert results["training"]["epochs"] == recipe.epochs
+    assert {e["selected_on"] for e in results["post_hoc"].values() if e.get("tau") is not None} == {
+        "validation"
+    }
