@@ -203,6 +203,13 @@ def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own
 CDT_PLUS_RUNS = {0: "cifar10_lt100_cdt_plus", 1: "cifar10_lt100_cdt_plus_seed1"}
 
 
+def _committed_run(name):
+    """(config.json, results.json) of results/<name>/."""
+    folder = os.path.join(REPO_ROOT, "results", name)
+    with open(os.path.join(folder, "config.json")) as f, open(os.path.join(folder, "results.json")) as g:
+        return json.load(f), json.load(g)
+
+
 def test_the_committed_cdt_plus_runs_are_the_recipe_and_its_header_quotes_their_top1():
     # What README/BENCHMARKS quote comes from these folders: they must be the flagfile's recipe (only
     # the seed and where the run and its data lived may differ), trained to the end, and the
@@ -210,14 +217,10 @@ def test_the_committed_cdt_plus_runs_are_the_recipe_and_its_header_quotes_their_
     recipe = flagfile_config(CDT_PLUS)
     measured = []
     for seed, name in CDT_PLUS_RUNS.items():
-        folder = os.path.join(REPO_ROOT, "results", name)
-        with open(os.path.join(folder, "config.json")) as f:
-            config = json.load(f)
-        with open(os.path.join(folder, "results.json")) as f:
-            results = json.load(f)
+        config, results = _committed_run(name)
         assert set(recipe.differences(config)) <= {"seed", "data_dir"}, (name, recipe.differences(config))
         assert config["seed"] == seed and results["training"]["epochs"] == recipe.epochs
-        with open(os.path.join(folder, "metrics.jsonl")) as f:
+        with open(os.path.join(REPO_ROOT, "results", name, "metrics.jsonl")) as f:
             assert [json.loads(line)["epoch"] for line in f] == list(range(1, recipe.epochs + 1))
         measured.append(f"{100 * results['post_hoc'][recipe.second_stage]['top1']:.2f}")
     header = "".join(line for line in open(CDT_PLUS) if line.startswith("#"))
@@ -226,11 +229,7 @@ def test_the_committed_cdt_plus_runs_are_the_recipe_and_its_header_quotes_their_
 
 def test_the_committed_cdt_plus_selection_run_is_the_recipe_with_a_validation_split():
     recipe = flagfile_config(CDT_PLUS)
-    folder = os.path.join(REPO_ROOT, "results", "cifar10_lt100_cdt_plus_val250")
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    with open(os.path.join(folder, "results.json")) as f:
-        results = json.load(f)
+    config, results = _committed_run("cifar10_lt100_cdt_plus_val250")
     assert set(recipe.differences(config)) <= {"val_per_class", "data_dir"}
     assert config["val_per_class"] == 250 and config["seed"] == 0
     assert results["training"]["epochs"] == recipe.epochs
