@@ -40,17 +40,24 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_counts: Sequence[int
     if num_classes > 5:
         top5_sets = np.argpartition(-logits, 5, axis=1)[:, :5]
         top5 = float((top5_sets == labels[:, None]).any(1).mean())
+    return {
+        "top1": float((predictions == labels).mean()),
+        "top5": top5,
+        "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
+        "many_medium_few": shot_means(per_class, class_counts),
+    }
+
+
+def shot_means(per_class: Sequence[float], class_counts: Sequence[int]) -> dict:
+    """{many, medium, few}: the mean per-class accuracy of the classes with > 100, 20..100 and < 20
+    training images (NaN entries left out; None for an empty group)."""
+    per_class = np.asarray(per_class, dtype=np.float64)
     groups = {}
     for group, mask in class_stats.shot_groups(class_counts).items():
         values = per_class[mask]
         values = values[~np.isnan(values)]
         groups[group] = float(values.mean()) if values.size else None
-    return {
-        "top1": float((predictions == labels).mean()),
-        "top5": top5,
-        "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
-        "many_medium_few": groups,
-    }
+    return groups
 
 
 MAX_TABLE_CLASSES = 100

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The paper's CIFAR-10 block at 200 epochs with the reference code beside it, one run after another,
+# outside the checkout: the parity pair (the project's ERM, then kaidic/LDAM-DRW's own training on the
+# same subset), the CDT pair, then the rest of Table 2's CIFAR-10 cells with the project's defaults.
+#
+#   git -C <bare clone of kaidic/LDAM-DRW> archive HEAD | tar -x -C ~/ref/LDAM-DRW   # or git clone
+#   .venv/bin/pip install -r requirements-parity.txt
+#   nohup bash tools/parity_runs.sh > ~/cdt-runs/parity_runs.log 2>&1 &
+#
+# Start it again after a session ends (or a run is killed): a finished run returns at once, an
+# unfinished one resumes from its last finished epoch, the rest start in order. One run at a time is the
+# fastest use of 2 cores. The project's runs use --precision=auto (bf16 on a CPU with bf16, else
+# float32); the reference trains in float32. Then, for each: python tools/collect_run.py
+# --run=~/cdt-runs/<name> (the reference's: cp ~/cdt-runs/reference_<name>/{config,results}.json and
+# metrics.jsonl to results/reference_<name>/).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
+REFERENCE_DIR="${REFERENCE_DIR:-$HOME/ref/LDAM-DRW}"
+# Absolute: a resumed run must be given the same --data_dir it started with (config.json records it).
+DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
+mkdir -p "$RUNS_DIR"
+project() {  # project <flagfile name>
+  echo "== $(date -u +%FT%TZ) $1"
+  "$PYTHON" -m cdt_tf.main --flagfile="flags/$1.cfg" --data_dir="$DATA_DIR" --model_dir="$RUNS_DIR/$1" \
+    || echo "== $1 failed ($?)"
+}
+reference() {  # reference <flagfile name of the project run it pairs with> [--gamma=G]
+  local name="$1"
+  shift
+  echo "== $(date -u +%FT%TZ) reference_$name ($*)"
+  "$PYTHON" tools/reference_parity.py --reference_dir="$REFERENCE_DIR" --data_dir="$DATA_DIR" \
+    --subset_from="$RUNS_DIR/$name" --model_dir="$RUNS_DIR/reference_$name" "$@" \
+    || echo "== reference_$name failed ($?)"
+}
+project cifar10_lt100_ce
+reference cifar10_lt100_ce
+project cifar10_lt100_cdt
+reference cifar10_lt100_cdt --gamma=0.3
+for name in ${MORE_RUNS:-cifar10_lt200_ce cifar10_lt200_cdt cifar10_lt10_ce cifar10_lt10_cdt cifar10_lt100_ldam_drw cifar10_lt100_resample}; do
+  project "$name"
+done
+echo "== $(date -u +%FT%TZ) done"
