@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 
@@ -12,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cdt_tf import diagnosis, evaluate, features
+from cdt_tf import diagnosis, evaluate, features, rundir
+from cdt_tf.errors import EvaluationDataError, TrainingError
 
 
 class ScheduleLogger(keras.callbacks.Callback):
@@ -89,6 +91,7 @@ class PerClassEvaluation(keras.callbacks.Callback):
         self.every, self.epochs = every, epochs
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "test"))
         self.latest = None
+        self.failure = None  # An EvaluationDataError: an image of the split could not be read.
         self._probe = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -96,7 +99,12 @@ class PerClassEvaluation(keras.callbacks.Callback):
             return
         if self._probe is None:  # Shares the network's layers, so it always sees the current weights.
             self._probe = features.probe(self.model)
-        seen = features.extract(self._probe, self.dataset, self.labels)
+        try:
+            seen = features.extract(self._probe, self.dataset, self.labels)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
+            # Raised by ReportEvaluationFailure after the epoch is backed up; train.py names the file.
+            self.failure = EvaluationDataError("test", epoch + 1, error)
+            return
         self.latest = (epoch, seen)
         summary = evaluate.summarize(seen.logits, self.labels, self.class_counts)
         with self.writer.as_default(step=epoch):
@@ -114,6 +122,19 @@ class PerClassEvaluation(keras.callbacks.Callback):
             logs["test_top1"] = summary["top1"]
 
 
+class ReportEvaluationFailure(keras.callbacks.Callback):
+    """Raises the evaluation's data error after the callbacks that log and back up the epoch (put it
+    after them): an unreadable test image stops the run without costing the epoch just trained."""
+
+    def __init__(self, evaluation: PerClassEvaluation):
+        super().__init__()
+        self.evaluation = evaluation
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.evaluation.failure is not None:
+            raise self.evaluation.failure
+
+
 class MetricsJsonl(keras.callbacks.Callback):
     """Appends one JSON line of the epoch's logs (and wall time) to a file.
 
@@ -125,16 +146,51 @@ class MetricsJsonl(keras.callbacks.Callback):
         super().__init__()
         self.path = path
         self._start = time.time()
+        self._trimmed = False
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._trimmed:  # The first epoch of this start: the backup has been restored by now.
+            self._trimmed = True
+            trim_metrics(self.path, epoch)
         self._start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2), "started": self.started}
         record.update({k: float(v) for k, v in (logs or {}).items()})
+        rundir.fault_point("metrics")
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def trim_metrics(path: str, finished_epochs: int) -> None:
+    """Keeps the metrics.jsonl lines of epochs 1..finished_epochs (the ones the restored backup holds).
+
+    The line of an epoch is written before its backup, so a kill between the two leaves a line the
+    backup lacks: the resumed run redoes that epoch and writes its line again, once. Lines cut by a
+    kill are dropped. The file is rewritten atomically, and only when something goes.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            epoch = json.loads(line).get("epoch", 0)
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if epoch <= finished_epochs:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        temporary = f"{path}.tmp"
+        with open(temporary, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -156,32 +212,107 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class GuardedBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` that never backs up non-finite weights.
+    """`keras.callbacks.BackupAndRestore` whose backup survives a kill or a full disk mid-write.
 
-    After `stop_on_nan` trips, the epoch's backup is not written and the backup directory is
-    kept (not deleted at the end of training), so it still holds the last good epoch.
+    Each epoch's weights go to a temporary file that is flushed and renamed to
+    `epoch_<N>.weights.h5`; only then does training_metadata.json (written the same way) name it,
+    and only then is the backup before the previous one deleted. So at every instant the metadata
+    names a complete file, and the previous epoch's file is still there: a damaged latest file (a
+    disk that lied) falls back to it with one line. Never backs up non-finite weights: after
+    `stop_on_nan` trips, nothing is written. The backup is never deleted here: train.py removes it
+    once model.keras is complete. Reads the layout of Keras' own callback (latest.weights.h5) too,
+    so runs started before resume.
     """
 
     def __init__(self, backup_dir: str, stop_on_nan: StopOnNaN, **kwargs):
-        super().__init__(backup_dir, **kwargs)
+        super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
         self.stop_on_nan = stop_on_nan
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        epoch = getattr(self.model, "_initial_epoch", 0) or 0  # Set by the restore.
+        self._restore()
+        epoch = getattr(self.model, "_initial_epoch", 0) or 0
         if epoch:
             print(
                 f"Resuming from epoch {epoch + 1} (epochs 1-{epoch} restored from {self.backup_dir})",
                 flush=True,
             )
 
-    def _save_model(self):
-        if self.stop_on_nan.nan_epoch is None:
-            super()._save_model()
+    def _candidates(self) -> list[tuple[str, int]]:
+        """(weights file, epoch) to try, best first: the one the metadata names, then older ones."""
+        named, epoch = None, None
+        if os.path.exists(self._training_metadata_path):
+            try:
+                with open(self._training_metadata_path) as f:
+                    metadata = json.load(f)
+                epoch = int(metadata["epoch"])
+                named = metadata.get("weights", os.path.basename(self._weights_path))  # Keras' layout.
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # Damaged metadata: the numbered files say their epochs.
+        numbered = sorted(
+            (
+                (name, int(name[6:-11]))
+                for name in os.listdir(self.backup_dir)
+                if _BACKUP_NAME.fullmatch(name)
+            ),
+            key=lambda item: -item[1],
+        )
+        candidates = [(named, epoch)] if named is not None else []
+        return candidates + [
+            (name, e) for name, e in numbered if name != named and (epoch is None or e <= epoch)
+        ]
 
-    def on_train_end(self, logs=None):
-        if self.stop_on_nan.nan_epoch is None:
-            super().on_train_end(logs)
+    def _restore(self) -> None:
+        if not os.path.isdir(self.backup_dir):
+            return
+        candidates = self._candidates()
+        if not candidates:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # Its state is in the file.
+        failures = []
+        for name, epoch in candidates:
+            try:
+                self.model.load_weights(os.path.join(self.backup_dir, name))
+            except Exception as error:  # h5py and Keras raise many types for a damaged file.
+                failures.append(f"{name}: {(str(error).strip().splitlines() or [type(error).__name__])[0]}")
+                continue
+            if failures:
+                print(
+                    f"Backup {failures[0]} is damaged; resuming from the previous one ({name}).", flush=True
+                )
+            self.model._initial_epoch = epoch
+            return
+        raise TrainingError(
+            f"every backup in {self.backup_dir} is damaged ({'; '.join(failures)[:300]}); move that folder "
+            "away to start again from epoch 1 (checkpoints/ keeps weights of earlier epochs)"
+        )
+
+    def _save_model(self):
+        if self.stop_on_nan.nan_epoch is not None:
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch_{self._current_epoch:05d}.weights.h5"
+        partial = os.path.join(self.backup_dir, PARTIAL_WEIGHTS)
+        self.model.save_weights(partial, overwrite=True)
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+        rundir.fault_point("backup.partial")
+        os.replace(partial, os.path.join(self.backup_dir, name))
+        rundir.fault_point("backup.renamed")
+        previous = [n for n, _ in self._candidates() if n != name][:1]
+        rundir.write_json(
+            self._training_metadata_path,
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name},
+        )
+        rundir.fault_point("backup.cleanup")
+        for old in os.listdir(self.backup_dir):  # Keep the new file and the one before it.
+            if old not in (name, *previous) and (_BACKUP_NAME.fullmatch(old) or old == "latest.weights.h5"):
+                os.remove(os.path.join(self.backup_dir, old))
+
+
+# The backup's weights files, and the temporary name each is written under.
+_BACKUP_NAME = re.compile(r"epoch_\d{5}\.weights\.h5")
+PARTIAL_WEIGHTS = "partial.weights.h5"
 
 
 class GuardedModelCheckpoint(keras.callbacks.ModelCheckpoint):

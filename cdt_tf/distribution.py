@@ -114,6 +114,13 @@ def task_name(tf_config: dict) -> str:
     return f"{tf_config['task']['type']}{tf_config['task'].get('index', 0)}"
 
 
+# Overrides what cpu_supports_bfloat16 reads from /proc/cpuinfo: 1 (the CPU has bfloat16 arithmetic),
+# 0 (it has not), unset or empty (read /proc/cpuinfo). Tests set it to run as on another x86-64 CPU,
+# in-process and in every command they start; so does anyone who wants --precision=auto to resolve
+# as on another machine.
+CPU_BFLOAT16_ENV = "CDT_TF_CPU_BF16"
+
+
 def cpu_flags() -> str:
     """The CPU feature flags of /proc/cpuinfo ("" where it cannot be read)."""
     try:
@@ -123,9 +130,21 @@ def cpu_flags() -> str:
         return ""
 
 
-def cpu_supports_bfloat16(flags: str | None = None) -> bool:
-    """Whether the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX) by its cpuinfo flags."""
-    flags = cpu_flags() if flags is None else flags
+def cpu_supports_bfloat16(flags: str | None = None, environ=None) -> bool:
+    """Whether the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX).
+
+    Args:
+      flags: cpuinfo text to judge; None: this machine's, unless CDT_TF_CPU_BF16 (CPU_BFLOAT16_ENV)
+        is 1 or 0, which then decides.
+      environ: the environment to read CDT_TF_CPU_BF16 from (default os.environ).
+    """
+    if flags is None:
+        forced = (os.environ if environ is None else environ).get(CPU_BFLOAT16_ENV, "").strip()
+        if forced in ("0", "1"):
+            return forced == "1"
+        if forced:
+            raise UserError(f"{CPU_BFLOAT16_ENV} must be 1, 0 or unset (read /proc/cpuinfo), got {forced!r}")
+        flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -173,7 +192,7 @@ def resolve_precision(requested: str, gpu_capabilities: list[tuple[int, int]], c
 
 
 def machine_precision(requested: str) -> str:
-    """`resolve_precision` for this machine's devices."""
+    """`resolve_precision` for this machine's devices (CDT_TF_CPU_BF16 overrides its CPU's bfloat16)."""
     return resolve_precision(requested, gpu_compute_capabilities(), cpu_supports_bfloat16())
 
 

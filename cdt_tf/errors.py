@@ -11,3 +11,15 @@ class DataError(UserError):
 
 class TrainingError(UserError):
     """Training stopped for a reason the user must act on (for example a NaN loss)."""
+
+
+class EvaluationDataError(Exception):
+    """An image of an evaluation split failed to read or decode during training's evaluation pass.
+
+    Carries the underlying TensorFlow error (`error`) from the callback that evaluates, so that the
+    run can say which pass stopped (`epoch`: 1-based) and name the file.
+    """
+
+    def __init__(self, split: str, epoch: int, error: Exception):
+        super().__init__(f"{split} split, after epoch {epoch}: {error}")
+        self.split, self.epoch, self.error = split, epoch, error

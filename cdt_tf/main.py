@@ -8,13 +8,35 @@ r"""Train an image classifier on class-imbalanced data, with or without CDT.
 from __future__ import annotations
 
 import os
+import sys
 
-from cdt_tf import cli, config
+from cdt_tf import cli, config, rundir
+from cdt_tf.errors import UserError
 
 
 def command(flag_values) -> None:
     """Trains and evaluates the run the flags describe, then prints its results."""
     run_config = config.Config.from_flags(flag_values)
+    rundir.check_usable(run_config.model_dir)  # Before TensorFlow loads: a bad --model_dir is one line.
+    try:
+        with rundir.disk_full_as_user_error(run_config.model_dir, "writing the run directory"):
+            train_and_report(run_config)
+    except UserError as error:
+        if not rundir.is_disk_full(error):
+            raise
+        # A full disk can leave an HDF5 file half-closed, and h5py may crash tearing it down at exit:
+        # say the one line, then leave without running finalizers.
+        print(f"{cli.ERROR_PREFIX} {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+    except KeyboardInterrupt:
+        epoch = rundir.backed_up_epochs(run_config.model_dir) + 1  # The first epoch not kept yet.
+        print(f"cdt_tf: interrupted in epoch {epoch}; the same command resumes from it", file=sys.stderr)
+        sys.exit(130)
+
+
+def train_and_report(run_config: config.Config) -> None:
+    """train.train_and_evaluate, its results printed, then the second stage the flags ask for."""
     from cdt_tf import evaluate, post_hoc, train  # Import TensorFlow: after the flags are known good.
 
     results = train.train_and_evaluate(run_config)
@@ -25,7 +47,8 @@ def command(flag_values) -> None:
     if results.get("post_hoc"):
         print(post_hoc.format_section(results["post_hoc"]))
     if run_config.second_stage != "none":
-        run_second_stage(run_config)
+        with rundir.exclusive(run_config.model_dir):
+            run_second_stage(run_config)
     print(f"Results: {os.path.join(run_config.model_dir, 'results.json')}")
 
 
@@ -46,7 +69,7 @@ def run_second_stage(run_config: config.Config) -> None:
 
 
 def run() -> None:
-    cli.run(config.define_flags, command)
+    cli.run(config.define_flags, command, topics=config.HELP_TOPICS)
 
 
 if __name__ == "__main__":

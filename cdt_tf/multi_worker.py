@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import sys
 
 import keras
@@ -42,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cdt_tf import distribution
+from cdt_tf import distribution, rundir
 from cdt_tf.callbacks import MetricsJsonl, PerClassEvaluation, TrainingStatistics
 from cdt_tf.errors import TrainingError
 
@@ -181,6 +182,8 @@ def fit(strategy, model, build_model, train_data, config, steps_per_epoch: int, 
     if not chief:
         if not model.stop_training:  # Never write the weights of a NaN epoch.
             model.save_weights(os.path.join(config.model_dir, "final.weights.h5"))
+            # Nothing to resume any more (a restart adopts the chief's state): as the chief's backup.
+            shutil.rmtree(os.path.join(config.model_dir, rundir.BACKUP), ignore_errors=True)
         return None
     evaluation_model.set_weights(model.get_weights())
     evaluation_model.compile_from_config(model.get_compile_config())

@@ -23,6 +23,7 @@ smoothing, `crt_bn`/`crt_las_bn` on re-estimated batch-norm statistics). `python
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -274,18 +275,21 @@ def retrain(
 def command(flag_values) -> None:
     """`python -m cdt_tf.retrain_classifier`: retrain, write the record, print its top-1."""
     f = flag_values
-    record = retrain(
-        f.model_dir,
-        f.imbalance,
-        f.imbalance_ratio,
-        f.max_per_class,
-        f.sampler,
-        f.epochs,
-        f.data_dir,
-        f.smooth_head,
-        f.smooth_tail,
-        f.bn_stats,
-    )
+    # One writer: not beside the run's own training or another retraining (a missing folder: retrain says so).
+    lock = rundir.exclusive(f.model_dir) if os.path.isdir(f.model_dir) else contextlib.nullcontext()
+    with lock:
+        record = retrain(
+            f.model_dir,
+            f.imbalance,
+            f.imbalance_ratio,
+            f.max_per_class,
+            f.sampler,
+            f.epochs,
+            f.data_dir,
+            f.smooth_head,
+            f.smooth_tail,
+            f.bn_stats,
+        )
     groups = ", ".join(
         f"{k} {'—' if v is None else f'{100 * v:.2f}%'}" for k, v in record["many_medium_few"].items()
     )

@@ -109,6 +109,14 @@ class RunData:
             return input_pipeline.build_file_eval_dataset(split.paths[indices], labels, batch_size, size)
         return input_pipeline.build_record_eval_dataset(split.records(indices), batch_size, size)
 
+    def undecodable(self, name: str) -> list[str]:
+        """Ids of the images of a split read from files that fail to decode ([] for other sources)."""
+        split = self._split(name)
+        if self.in_memory or getattr(split, "paths", None) is None:
+            return []
+        indices = self.indices[name]
+        return [str(split.ids[indices][k]) for k in datasets.undecodable_files(split.paths[indices])]
+
     def train_dataset(self, config: Config, mix_prob=None):
         """The augmented training pipeline of --sampler and --augmentation, then --randaugment_magnitude,
         --cutout and --mixup_alpha/--cutmix_alpha (`augment.augment_dataset`).

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sys
 import time
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -29,13 +31,14 @@ from cdt_tf.callbacks import (
     GuardedModelCheckpoint,
     MetricsJsonl,
     PerClassEvaluation,
+    ReportEvaluationFailure,
     ScheduleLogger,
     StopOnNaN,
     TrainingStatistics,
     VariableSchedule,
 )
 from cdt_tf.config import Config
-from cdt_tf.errors import TrainingError
+from cdt_tf.errors import EvaluationDataError, TrainingError
 from cdt_tf.features import Features
 from cdt_tf.optimizers import CoupledDecaySGD
 from cdt_tf.schedules import WarmupStepDecay
@@ -115,8 +118,12 @@ def train_and_evaluate(config: Config) -> dict | None:
     """
     strategy = distribution.make_strategy(config.strategy)  # First: multi_worker configures collectives.
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return multi_worker.run(config, strategy, _train_and_evaluate)
-    return _train_and_evaluate(config, strategy)
+        if not distribution.is_chief(distribution.read_tf_config()):  # Writes only its scratch folder.
+            return multi_worker.run(config, strategy, _train_and_evaluate)
+        with rundir.exclusive(config.model_dir):
+            return multi_worker.run(config, strategy, _train_and_evaluate)
+    with rundir.exclusive(config.model_dir):  # One writer: a second start is refused at once.
+        return _train_and_evaluate(config, strategy)
 
 
 def resolve_precision(config: Config, stored: dict) -> str:
@@ -167,26 +174,64 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
         print("Training finished earlier (model.keras); evaluating it.", flush=True)
         model, final_test = rundir.load_model(os.path.join(config.model_dir, rundir.MODEL)), None
     else:
-        with _data_errors_as_user_errors(config, "training"):
+        with (
+            _data_errors_as_user_errors(config, data),
+            rundir.disk_full_as_user_error(config.model_dir, "training"),
+        ):
             model, final_test = fit(config, strategy, data, test_data)
         if model is None:  # A multi_worker worker other than the chief: the chief evaluates and writes.
             return None
-        model.save(os.path.join(config.model_dir, rundir.MODEL))
+        with rundir.disk_full_as_user_error(config.model_dir, "saving the trained model"):
+            save_model(model, config.model_dir)
+    remove_backup(config.model_dir)  # Only now: model.keras is complete (also after a kill right here).
     train_seconds = time.time() - start
 
-    with _data_errors_as_user_errors(config, "evaluating the trained model"):
+    with _data_errors_as_user_errors(config, data, "evaluating the trained model"):
         results = _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name)
     results["subset_hash"] = subset["hash"]
     results["train_seconds"] = round(train_seconds, 1)  # This start's; "training" covers every start.
     results["training"] = rundir.training_time(config.model_dir)
     results["precision"] = precision
-    rundir.write_json(os.path.join(config.model_dir, rundir.RESULTS), results)
-    post_hoc.plot_sweeps(
-        results["post_hoc"],
-        os.path.join(config.model_dir, rundir.POST_HOC_PLOT),
-        os.path.basename(os.path.normpath(config.model_dir)),
-    )
+    with rundir.disk_full_as_user_error(config.model_dir, "writing results.json"):
+        rundir.write_json(os.path.join(config.model_dir, rundir.RESULTS), results)
+        post_hoc.plot_sweeps(
+            results["post_hoc"],
+            os.path.join(config.model_dir, rundir.POST_HOC_PLOT),
+            os.path.basename(os.path.normpath(config.model_dir)),
+        )
     return results
+
+
+def save_model(model: keras.Model, model_dir: str) -> None:
+    """Writes model.keras atomically: to a temporary name, checked complete (every zip member's CRC),
+    flushed, then renamed. A kill or a full disk leaves no model.keras, never a truncated one."""
+    path = os.path.join(model_dir, rundir.MODEL)
+    partial = os.path.join(model_dir, PARTIAL_MODEL)
+    try:
+        model.save(partial)
+        with zipfile.ZipFile(partial) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise OSError(f"{partial} was written incompletely ({damaged})")
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+        rundir.fault_point("model.partial")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+    os.replace(partial, path)
+    rundir.sync_directory(model_dir)
+
+
+PARTIAL_MODEL = "model.partial.keras"
+
+
+def remove_backup(model_dir: str) -> None:
+    """Removes backup/ once model.keras holds the trained weights (nothing to resume any more)."""
+    backup = os.path.join(model_dir, rundir.BACKUP)
+    if os.path.isdir(backup) and rundir.trained(model_dir):
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 # What TensorFlow says when an image file is missing or cannot be decoded.
@@ -198,19 +243,41 @@ UNREADABLE_DATA = re.compile(
 
 
 @contextlib.contextmanager
-def _data_errors_as_user_errors(config: Config, stage: str):
-    """An image that cannot be read or decoded mid-run becomes one line naming what is kept."""
+def _data_errors_as_user_errors(config: Config, data: run_data.RunData, stage: str = "training"):
+    """An image that cannot be read or decoded mid-run becomes one line: the pass that stopped (training,
+    the test evaluation after epoch N, or the final evaluation), the file(s) when they can be found,
+    and what is kept."""
     try:
         yield
+    except EvaluationDataError as wrapped:
+        error = wrapped.error
+        if not UNREADABLE_DATA.search(str(error)):
+            raise error from None  # Not the data: a bug, shown whole.
+        raise _unreadable(
+            config,
+            data,
+            error,
+            f"evaluating the {wrapped.split} split after epoch {wrapped.epoch}",
+            wrapped.split,
+        ) from error
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
         if not UNREADABLE_DATA.search(str(error)):
             raise  # Not the data: a bug, shown whole.
-        first_line = next((line for line in str(error).splitlines() if UNREADABLE_DATA.search(line)), "")
-        raise TrainingError(
-            f"{stage} stopped on unreadable data ({type(error).__name__}: {first_line}); the finished "
-            f"epochs are kept in {config.model_dir} (backup/, model.keras once training ended): fix or "
-            "remove the file and run the same command again to continue"
-        ) from error
+        raise _unreadable(config, data, error, stage, None if stage == "training" else "test") from error
+
+
+def _unreadable(
+    config: Config, data: run_data.RunData, error, stage: str, split: str | None
+) -> TrainingError:
+    first_line = next((line for line in str(error).splitlines() if UNREADABLE_DATA.search(line)), "")
+    named = data.undecodable(split) if split else []
+    files = f"; unreadable: {', '.join(named[:5])}{' …' if len(named) > 5 else ''}" if named else ""
+    skip = "" if config.bad_images == "skip" else ", or pass --bad_images=skip to leave them out"
+    return TrainingError(
+        f"{stage} stopped on unreadable data ({type(error).__name__}: {first_line}){files}; the finished "
+        f"epochs are kept in {config.model_dir} (backup/, model.keras once training ended): fix or "
+        f"remove the file{skip} and run the same command again to continue"
+    )
 
 
 def _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name) -> dict:
@@ -360,7 +427,6 @@ def build_callbacks(
     callbacks = [
         *scheduled,  # First: later callbacks log the values they set.
         stop_on_nan,
-        GuardedBackupAndRestore(os.path.join(config.model_dir, rundir.BACKUP), stop_on_nan),
         ScheduleLogger(getattr(loss, "gamma", None)),
         evaluation,
     ]
@@ -382,7 +448,10 @@ def build_callbacks(
             )
         )
     callbacks += [
+        # The epoch's line before its backup: a kill between them redoes the epoch (no gap in the file).
         MetricsJsonl(os.path.join(config.model_dir, rundir.METRICS)),
+        GuardedBackupAndRestore(os.path.join(config.model_dir, rundir.BACKUP), stop_on_nan),
+        ReportEvaluationFailure(evaluation),  # After the backup: the epoch is kept.
         GuardedModelCheckpoint(
             os.path.join(checkpoint_dir, "epoch_{epoch:03d}.weights.h5"),
             stop_on_nan,

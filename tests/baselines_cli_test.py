@@ -168,6 +168,9 @@ def test_table_collects_runs_and_prints_ours_beside_the_paper(tmp_path):
         run_dir.mkdir(parents=True)
         section = {k: {"top1": v, "tau": 0.5, "selected_on": "test"} for k, v in post.items()}
         (run_dir / "results.json").write_text(json.dumps({"top1": top1, "post_hoc": section}))
+    reference = runs / "reference_cifar10_lt100_ce_e20"  # tools/reference_parity.py's run beside ERM's.
+    reference.mkdir()
+    (reference / "results.json").write_text(json.dumps({"top1": 0.6401}))
     output = tmp_path / "table.md"
     result = _reproduce(
         "--table=2",
@@ -181,7 +184,8 @@ def test_table_collects_runs_and_prints_ours_beside_the_paper(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     text = output.read_text()
-    assert "| ERM | 63.1 (71.1) |" in text
+    assert "| ERM | 63.1 (71.1) |\n| ERM: paper's code, same images | 64.0 (71.1) |" in text
+    assert "CDT: paper's code" not in text and "kaidic/LDAM-DRW's training" in text
     assert "| CDT | 69.0 (79.4) |" in text
     assert "| Focal | — (70.4) |" in text
     assert "| ERM+N_c^τ | 70.0 (77.8) |" in text

@@ -64,7 +64,7 @@ def test_bad_input_is_one_line(tmp_path):
     result = _compare(f"--runs={cdt}", "--classifiers=crt_las")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert (
-        f"compare_runs: error: {cdt} has no post_hoc.crt_las with per-class accuracy; it has: argmax"
+        f"cdt_tf: error: {cdt} has no post_hoc.crt_las with per-class accuracy; it has: argmax"
         in result.stderr
     )
     result = _compare(f"--runs={cdt},{cdt}", "--classifiers=argmax,crt_las,crt")

@@ -46,6 +46,32 @@ def test_validation_errors_name_the_flag(overrides, fragment):
         dataclasses.replace(_config(), **overrides).validate()
 
 
+@pytest.mark.parametrize(
+    "overrides, name, value",
+    [
+        ({"gamma": float("inf")}, "gamma", "inf"),  # Was "--gamma must be >= 0, got inf".
+        ({"imbalance_ratio": float("inf")}, "imbalance_ratio", "inf"),
+        ({"learning_rate": float("inf")}, "learning_rate", "inf"),  # Was accepted.
+        ({"weight_decay": float("nan")}, "weight_decay", "nan"),
+        ({"ldam_scale": float("inf")}, "ldam_scale", "inf"),
+        ({"la_tau": float("-inf")}, "la_tau", "-inf"),
+        ({"decay_multipliers": (0.1, float("nan"))}, "decay_multipliers", "nan"),
+    ],
+)
+def test_non_finite_numbers_are_refused_as_such(overrides, name, value):
+    with pytest.raises(UserError) as raised:
+        dataclasses.replace(_config(), **overrides).validate()
+    assert str(raised.value) == f"--{name} must be a finite number, got {value}"
+
+
+def test_help_topics_name_flags_in_definition_order():
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    names = list(values)
+    starts = [names.index(first) for _, first in config_lib.HELP_TOPICS]
+    assert starts[0] == 0 and starts == sorted(starts)
+
+
 def test_auto_model_and_augmentation():
     assert _config().resolved_model == "digits_convnet" and _config().resolved_augmentation == "none"
     cifar = dataclasses.replace(_config(), dataset="cifar10")

@@ -14,6 +14,29 @@ from cdt_tf import config as config_lib
 from cdt_tf.errors import UserError
 from conftest import DIGITS_SMOKE, run_command
 
+# Tests that train in bfloat16 need a CPU that computes it (AVX512-BF16 or AMX): /proc/cpuinfo decides,
+# whatever CDT_TF_CPU_BF16 says; they then fake the detection (`machine`) so that it agrees.
+needs_bfloat16_arithmetic = pytest.mark.skipif(
+    not distribution.cpu_supports_bfloat16(distribution.cpu_flags()),
+    reason="this CPU has no bfloat16 arithmetic to train with",
+)
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Fakes the devices that --precision resolves on: `machine(cpu_bfloat16=..., gpus=[(8, 0)])` sets
+    CDT_TF_CPU_BF16 for this process and every command the test starts, and gives this process's
+    detection these GPUs (the commands: none, by CUDA_VISIBLE_DEVICES); so a test's precision is the
+    same on any x86-64 machine, with or without AVX512-BF16 or a GPU."""
+
+    def fake(cpu_bfloat16: bool, gpus=()) -> None:
+        monkeypatch.setenv(distribution.CPU_BFLOAT16_ENV, "1" if cpu_bfloat16 else "0")
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setattr(distribution, "gpu_compute_capabilities", lambda: list(gpus))
+
+    return fake
+
+
 EQUIVALENCE = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -75,8 +98,9 @@ def test_mirrored_flag_and_profile_on_the_cli(cli, tmp_path):
     assert traces, "no profiler trace under logs/"
 
 
-@pytest.mark.skipif(not distribution.cpu_supports_bfloat16(), reason="this CPU has no bfloat16 arithmetic")
-def test_mixed_precision_keeps_logits_and_loss_float32(cli, tmp_path):
+@needs_bfloat16_arithmetic
+def test_mixed_precision_keeps_logits_and_loss_float32(cli, tmp_path, machine):
+    machine(cpu_bfloat16=True)  # Also when the suite runs with CDT_TF_CPU_BF16=0.
     model_dir = tmp_path / "run"
     result = cli(*DIGITS_SMOKE, "--mixed_precision", f"--model_dir={model_dir}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -135,6 +159,31 @@ def test_cpu_flags_decide_bfloat16():
     assert not distribution.cpu_supports_bfloat16("fpu sse2 avx2 avx512f")
 
 
+def test_the_environment_decides_the_cpu_bfloat16_where_it_says(monkeypatch):
+    monkeypatch.setattr(distribution, "cpu_flags", lambda: "fpu sse2 avx2 avx512f avx512_bf16")
+    assert distribution.cpu_supports_bfloat16(environ={})  # Unset: /proc/cpuinfo's flags.
+    assert distribution.cpu_supports_bfloat16(environ={"CDT_TF_CPU_BF16": ""})
+    assert not distribution.cpu_supports_bfloat16(environ={"CDT_TF_CPU_BF16": "0"})
+    monkeypatch.setattr(distribution, "cpu_flags", lambda: "fpu sse2 avx2")
+    assert distribution.cpu_supports_bfloat16(environ={"CDT_TF_CPU_BF16": "1"})
+    # Flags given explicitly are judged as they are, whatever the environment says.
+    assert not distribution.cpu_supports_bfloat16("fpu avx2", environ={"CDT_TF_CPU_BF16": "1"})
+    with pytest.raises(UserError, match="CDT_TF_CPU_BF16 must be 1, 0 or unset"):
+        distribution.cpu_supports_bfloat16(environ={"CDT_TF_CPU_BF16": "yes"})
+
+
+@pytest.mark.parametrize(
+    "cpu_bfloat16, gpus, expected",
+    [(True, [], "mixed_bfloat16"), (False, [], "float32"), (False, [(8, 0)], "mixed_float16")],
+)
+def test_machine_precision_follows_the_faked_machine(machine, cpu_bfloat16, gpus, expected):
+    machine(cpu_bfloat16=cpu_bfloat16, gpus=gpus)
+    assert distribution.machine_precision("auto") == expected
+    if expected == "float32":
+        with pytest.raises(UserError, match="--mixed_precision needs a GPU"):
+            distribution.machine_precision("mixed")
+
+
 def test_mixed_precision_with_precision_is_refused():
     config = config_lib.Config(dataset="digits", model_dir="/tmp/x", mixed_precision=True)
     assert config.validate() is config  # The old flag alone (with the default --precision) still works.
@@ -148,8 +197,9 @@ def test_mixed_precision_with_precision_is_refused():
         ).validate()
 
 
-@pytest.mark.skipif(not distribution.cpu_supports_bfloat16(), reason="this CPU has no bfloat16 arithmetic")
-def test_a_run_records_its_precision_and_a_resumed_run_keeps_it(cli, tmp_path):
+@needs_bfloat16_arithmetic
+def test_a_run_records_its_precision_and_a_resumed_run_keeps_it(cli, tmp_path, machine):
+    machine(cpu_bfloat16=True)
     model_dir = tmp_path / "run"
     first = cli(*DIGITS_SMOKE, "--precision=auto", f"--model_dir={model_dir}")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -170,10 +220,11 @@ def test_a_run_records_its_precision_and_a_resumed_run_keeps_it(cli, tmp_path):
     assert json.load(open(resumed / "results.json"))["precision"] == "float32"
 
 
-def test_a_run_from_before_precision_existed_resumes_in_float32(tmp_path):
+def test_a_run_from_before_precision_existed_resumes_in_float32(tmp_path, machine):
     """auto is the default now; a config.json without `precision` was a float32 run (or --mixed_precision)."""
     from cdt_tf import train
 
+    machine(cpu_bfloat16=True)  # Where the old --mixed_precision ran: a CPU with bfloat16 arithmetic.
     config = config_lib.Config(dataset="digits", model_dir=str(tmp_path)).validate()
     assert config.precision == "auto"
     for mixed, expected in ((False, "float32"), (True, "mixed_bfloat16")):

@@ -642,9 +642,21 @@ def test_an_undecodable_test_image_stops_in_one_line_and_keeps_the_training(cli,
     result = cli(*args)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("cdt_tf: error: training stopped on unreadable data"), last
+    # The pass that stopped (the test evaluation, not training) and the file, by its id.
+    assert last.startswith(
+        "cdt_tf: error: evaluating the test split after epoch 1 stopped on unreadable"
+    ), last
+    assert f"unreadable: {source.test.ids[0]}" in last and "--bad_images=skip" in last
     assert "run the same command again" in last and "Traceback" not in result.stderr
     assert os.path.exists(os.path.join(model_dir, "backup", "training_metadata.json"))  # The epoch is kept.
+
+    skip_dir = str(tmp_path / "skip")  # The same file, left out of the test split instead.
+    skipped = cli(*args[:-1], f"--model_dir={skip_dir}", "--bad_images=skip")
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    with open(os.path.join(skip_dir, "results.json")) as f:
+        results = json.load(f)
+    assert results["skipped_images"]["test"]["ids"] == [source.test.ids[0]]
+    assert results["num_test_images"] == len(source.test.ids) - 1
 
     with open(victim, "wb") as f:
         f.write(original)

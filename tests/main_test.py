@@ -13,14 +13,11 @@ from conftest import CIFAR10_JPEG, DIGITS_SMOKE
 
 
 def _one_line_error(result, *fragments):
-    """The CLI failed with a short message containing every fragment, and no traceback."""
-    assert result.returncode != 0, result.stdout + result.stderr
+    """The CLI failed with exit 2 and one line containing every fragment, and no traceback (flag errors
+    included: the same voice as every other bad input)."""
+    assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    error_lines = [
-        line
-        for line in result.stderr.splitlines()
-        if line.startswith("cdt_tf: error:") or line.startswith("FATAL Flags parsing error")
-    ]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("cdt_tf: error:")]
     assert len(error_lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in error_lines[0], (fragment, result.stderr)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from cdt_tf import config as config_lib
 from cdt_tf import rundir
 from cdt_tf.errors import UserError
-from conftest import DIGITS_SMOKE, run_command, run_module
+from conftest import DIGITS_SMOKE, REPO_ROOT, run_command, run_module, subprocess_env
 
 
 def _last_line(result) -> str:
@@ -165,6 +167,7 @@ def test_a_run_from_before_conv_padding_resumes_only_with_same_padding(tmp_path)
     config = config_lib.Config(dataset="digits", model_dir=str(tmp_path)).validate()
     legacy = {k: v for k, v in config.to_dict().items() if k != "conv_padding"}
     (tmp_path / rundir.CONFIG).write_text(json.dumps(legacy))
+    (tmp_path / rundir.METRICS).write_text('{"epoch": 1}\n')  # It trained: its config is kept.
     with pytest.raises(UserError, match="conv_padding: 'same' -> 'symmetric'"):
         rundir.prepare(config)
     same = config_lib.Config(dataset="digits", model_dir=str(tmp_path), conv_padding="same").validate()
@@ -196,3 +199,84 @@ def test_training_time_counts_every_start_and_each_epoch_once(tmp_path):
     with open(tmp_path / rundir.METRICS, "w") as f:
         f.write(json.dumps({"epoch": 1, "seconds": 4.0}) + "\n")
     assert rundir.training_time(str(tmp_path)) == {"epochs": 1, "epoch_seconds": 4.0, "starts": None}
+
+
+def test_a_directory_without_a_finished_epoch_takes_new_flags(tmp_path, capsys):
+    first = config_lib.Config(dataset="digits", model_dir=str(tmp_path), batch_size=4096).validate()
+    rundir.prepare(first)  # Then the start failed: "lower --batch_size".
+    (tmp_path / rundir.METRICS).write_text("")
+    fixed = config_lib.Config(dataset="digits", model_dir=str(tmp_path), batch_size=32).validate()
+    assert rundir.prepare(fixed)["batch_size"] == 32
+    assert "holds no finished epoch" in capsys.readouterr().out
+    (tmp_path / rundir.BACKUP).mkdir()
+    (tmp_path / rundir.BACKUP / "epoch_00001.weights.h5").write_bytes(b"x")
+    with pytest.raises(UserError, match="another config"):
+        rundir.prepare(first)
+
+
+def _a_file(root):
+    (root / "file").write_text("x")
+    return root / "file"
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (_a_file, "is a file, not a directory"),
+        (lambda root: _a_file(root) / "run", "cannot hold a run (Not a directory)"),
+        (lambda root: "/proc/cdt_tf_run", "cannot hold a run"),
+    ],
+)
+def test_an_unusable_model_dir_is_one_line(tmp_path, make, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        rundir.check_usable(str(make(tmp_path)))
+
+
+def test_a_read_only_parent_is_one_line(tmp_path, monkeypatch):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "makedirs", refuse)  # As root, chmod and chattr +i are not enforced in tests.
+    with pytest.raises(UserError, match=r"cannot hold a run \(Permission denied\)"):
+        rundir.check_usable(str(tmp_path / "run"))
+
+
+def test_the_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
+    model_dir = str(tmp_path / "run")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cdt_tf import rundir\n"
+            f"with rundir.exclusive({model_dir!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"is in use by process {holder.pid} on "):
+            with rundir.exclusive(model_dir):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with rundir.exclusive(model_dir), rundir.exclusive(model_dir):  # Free again; re-entrant.
+        pass
+
+
+def test_disk_full_is_recognised_through_the_chain():
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("h5py: can't write data") from error
+    except RuntimeError as error:
+        assert rundir.is_disk_full(error)
+    assert rundir.is_disk_full(OSError("Can't write data (file write failed: errno = 28, ...)"))
+    assert not rundir.is_disk_full(OSError(2, "No such file or directory"))
+    with pytest.raises(UserError, match="no space left on the disk of /r while saving; free some space"):
+        with rundir.disk_full_as_user_error("/r", "saving"):
+            raise OSError(28, "No space left on device")

@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from cdt_tf import export, models  # noqa: E402
+from cdt_tf import cli, export, models  # noqa: E402
 from cdt_tf.rundir import load_model, read_finished  # noqa: E402
 
 flags.DEFINE_string("model", "digits_convnet", f"Network to time, untrained: one of {models.MODEL_NAMES}.")
@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

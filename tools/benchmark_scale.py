@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from cdt_tf import datasets, input_pipeline, losses, models  # noqa: E402
+from cdt_tf import cli, datasets, input_pipeline, losses, models  # noqa: E402
 from cdt_tf.optimizers import CoupledDecaySGD  # noqa: E402
 
 flags.DEFINE_string("inat_dir", None, "A real iNaturalist 2018 folder (train2018.json + images).")
@@ -113,4 +113,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

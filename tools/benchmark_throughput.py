@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from cdt_tf import catalog, distribution, input_pipeline, models, run_data, train  # noqa: E402
+from cdt_tf import catalog, cli, distribution, input_pipeline, models, run_data, train  # noqa: E402
 from cdt_tf import config as config_lib  # noqa: E402
 from cdt_tf.optimizers import CoupledDecaySGD  # noqa: E402
 
@@ -131,4 +131,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

@@ -27,6 +27,7 @@ from absl import app, flags
 from recipes import REPO, Runner, compressed_flags, flagfile_values, read_json, scale_epoch
 
 sys.path.insert(0, REPO)
+from cdt_tf import cli  # noqa: E402
 from cdt_tf.rundir import training_time  # noqa: E402  (NumPy and absl only, no TensorFlow)
 
 BASE_FLAGFILE = os.path.join("flags", "cifar10_lt100_cdt.cfg")
@@ -258,4 +259,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

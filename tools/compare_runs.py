@@ -19,8 +19,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from cdt_tf import cli  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
 from cdt_tf.rundir import RESULTS, classifier_summary, read_json, training_time  # noqa: E402
 
@@ -96,14 +97,12 @@ def compare(runs: list[str], classifiers: list[str], labels: list[str] | None) -
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     try:
         print(compare(FLAGS.runs, FLAGS.classifiers, FLAGS.labels), end="")
     except UserError as error:
-        print(f"compare_runs: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

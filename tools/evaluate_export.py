@@ -7,17 +7,20 @@ r"""Top-1 of an exported SavedModel on an image folder, through the signature TF
 --images holds one folder per class, named as the export's assets/class_names.txt names it, with the
 image files (JPEG, PNG, GIF, BMP) in it. The file bytes go, --batch_size at a time, to the
 `serve_image_bytes` signature (what a REST client's {"b64": ...} reaches: decoding, resizing,
-the network, N_c^tau in the graph), with TensorFlow and the export only: no cdt_tf code runs. Prints
+the network, N_c^tau in the graph), with TensorFlow and the export only: no cdt_tf code runs (nor is
+cdt_tf imported: bad flags and input are reported here in cdt_tf.cli's voice, one line). Prints
 top-1, the per-class accuracy and, where the export's cdt_export.json names its run and the run's
 results.json is there, the run's own test top-1 of the same classifier beside it. Exits 2 with one
-line on a folder that is not a class of the export.
+line `cdt_tf: error: ...` on a bad flag or a folder that is not a class of the export.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,8 +37,27 @@ flags.mark_flags_as_required(["export", "images"])
 FLAGS = flags.FLAGS
 
 
+ERROR_PREFIX = "cdt_tf: error:"  # cdt_tf.cli's, as its messages (tests/cli_test.py compares them).
+_MISSING_REQUIRED = re.compile(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.")
+
+
 class InputError(ValueError):
     """Bad --export or --images: printed as one line, exit status 2."""
+
+
+def fail(message) -> NoReturn:
+    """cdt_tf.cli.fail without cdt_tf: the message as one line on stderr, exit status 2."""
+    print(f"{ERROR_PREFIX} {' '.join(str(message).splitlines())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with cdt_tf.cli's one-line errors (absl's own says FATAL and exits 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        lines = [_MISSING_REQUIRED.sub(r"--\1 is required", line) for line in str(error).splitlines()]
+        fail(f"{'; '.join(lines)}; see --help")
 
 
 def class_names(export: str) -> list[str]:
@@ -119,13 +141,12 @@ def recorded_top1(export: str) -> tuple[float, str] | None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value); see --help")
     try:
         names = class_names(FLAGS.export)
         paths, labels = list_images(FLAGS.images, names, FLAGS.per_class)
     except InputError as error:
-        print(f"evaluate_export: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(error)
     correct = predict(FLAGS.export, paths, FLAGS.batch_size) == labels
     print(f"{FLAGS.export}: top-1 {100 * correct.mean():.2f}% on {len(paths)} images of {FLAGS.images}")
     for c, name in enumerate(names):
@@ -137,4 +158,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

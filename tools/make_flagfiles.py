@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cdt_tf import paper_results  # noqa: E402
+from cdt_tf import cli, paper_results  # noqa: E402
 
 _CHECK = flags.DEFINE_bool("check", False, "Only compare with the committed files; exit 1 on a difference.")
 
@@ -181,4 +181,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

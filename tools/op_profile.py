@@ -16,8 +16,13 @@ import collections
 import glob
 import json
 import os
+import sys
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cdt_tf import cli  # noqa: E402  (absl only: no TensorFlow)
 
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Folder holding a profiler trace (searched recursively)."
@@ -69,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

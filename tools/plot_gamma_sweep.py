@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from cdt_tf import cli  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
 from cdt_tf.rundir import read_json  # noqa: E402
 
@@ -116,15 +117,13 @@ def plot(path, gammas, train, test, runs_per_gamma, class_names, class_counts, m
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     if FLAGS.max_lines < 1:
         raise app.UsageError("--max_lines must be >= 1")
     try:
         gammas, train, test, runs_per_gamma, first = collect(FLAGS.runs)
     except UserError as error:
-        print(f"plot_gamma_sweep: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
     plot(
         FLAGS.out,
         gammas,
@@ -142,4 +141,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

@@ -19,8 +19,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from cdt_tf import cli  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
 from cdt_tf.rundir import classifier_summary, read_json  # noqa: E402
 
@@ -95,8 +96,7 @@ def plot(path: str, accuracies: np.ndarray, labels: list[str], class_names, clas
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     try:
         results = [read_results(run_dir) for run_dir in FLAGS.runs]
         names = results[0]["class_names"]
@@ -123,8 +123,7 @@ def main(argv):
         )
         accuracies = np.array([[np.nan if a is None else a for a in p] for p in per_class], dtype=float)
     except UserError as error:
-        print(f"plot_per_class: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
     plot(FLAGS.out, accuracies, labels, names, results[0]["class_counts"])
     for label, row in zip(labels, accuracies, strict=True):
         print(f"{label}: mean per-class test accuracy {100 * np.nanmean(row):.1f}%")
@@ -132,4 +131,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

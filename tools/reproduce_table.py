@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import recipes  # noqa: E402
 from recipes import FULL_EPOCHS, REPO, compressed_flags, flagfile_values, read_results  # noqa: E402
 
-from cdt_tf import paper_results  # noqa: E402
+from cdt_tf import cli, paper_results  # noqa: E402
 
 _TABLE = flags.DEFINE_enum(
     "table",
@@ -81,8 +81,10 @@ def format_cell(ours, paper) -> str:
     return f"{mine} ({theirs})"
 
 
-def build_table(table: str, columns, results_by_cell) -> list[str]:
-    """Markdown lines: one row per paper row whose training method was run or requested."""
+def build_table(table: str, columns, results_by_cell, references=None) -> list[str]:
+    """Markdown lines: one row per paper row whose training method was run or requested, and under a
+    training row, the reference code's runs on the same images where `references` has any
+    ({method: {column: results.json or None}}: tools/reference_parity.py's runs)."""
     header = (
         "| Method | " + " | ".join(f"{d.upper().replace('CIFAR', 'CIFAR-')} ρ={r}" for d, r in columns) + " |"
     )
@@ -96,6 +98,14 @@ def build_table(table: str, columns, results_by_cell) -> list[str]:
             ours = cell_value(results_by_cell[method].get(column), post or None)
             cells.append(format_cell(ours, paper_row.get(column)))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        reference = (references or {}).get(method) or {}
+        if not post and any(reference.values()):
+            values = [cell_value(reference.get(column), None) for column in columns]
+            shown = [
+                format_cell(value, paper_row.get(column))
+                for value, column in zip(values, columns, strict=True)
+            ]
+            lines.append(f"| {row}: paper's code, same images | " + " | ".join(shown) + " |")
     return lines
 
 
@@ -119,7 +129,7 @@ def grid_tables(table: str, runner: Runner, data_dirs) -> list[str]:
         raise app.UsageError(
             f"unknown --methods {unknown}; use names from {list(paper_results.METHOD_FLAGFILES)}"
         )
-    results_by_cell = {}
+    results_by_cell, references = {}, {}
     for method in _METHODS.value:
         suffix = paper_results.METHOD_FLAGFILES[method]
         results_by_cell[method] = {}
@@ -129,10 +139,21 @@ def grid_tables(table: str, runner: Runner, data_dirs) -> list[str]:
             )
             label = f"{method} {dataset} rho={ratio}"
             results_by_cell[method][(dataset, ratio)] = runner.training_run(run_dir, command, label)
+            # tools/reference_parity.py's run on the same subset, where there is one (never started here).
+            reference_dir = os.path.join(os.path.dirname(run_dir), "reference_" + os.path.basename(run_dir))
+            references.setdefault(method, {})[(dataset, ratio)] = read_results(
+                os.path.join(REPO, reference_dir)
+            )
     return [
-        *build_table(table, columns, results_by_cell),
+        *build_table(table, columns, results_by_cell, references),
         "",
         "Post-processed rows: τ selected on the test set, as the paper does for this table.",
+        *(
+            ["\"paper's code, same images\": kaidic/LDAM-DRW's training on the run's own subset "
+             "(tools/reference_parity.py)."]  # fmt: skip
+            if any(any(cells.values()) for cells in references.values())
+            else []
+        ),
     ]
 
 
@@ -245,4 +266,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_tool(main)

@@ -10,7 +10,12 @@ Image files (JPEG, PNG, GIF, BMP) go as bytes to the `serve_image_bytes` signatu
 `serve_with_tau` with --tau. The response names only the top class; --class_names_file (the export's
 assets/class_names.txt) names the other top-k classes too.
 
-REST needs only the standard library (and NumPy for .npy). gRPC needs tensorflow-serving-api, which
+An empty --images is refused: TF Serving's REST API refuses a row-format request without instances
+("No values in 'instances' array"), so build_rest_request refuses an empty batch (an .npy of zero
+images) too; over gRPC such a batch is served and answers empty outputs. Bad flags and input stop
+with one line `cdt_tf: error: ...` and exit status 2, as every cdt_tf command does.
+
+REST needs only absl, NumPy and the standard library (no cdt_tf). gRPC needs tensorflow-serving-api, which
 depends on `tensorflow` rather than `tensorflow-cpu`; install it without its dependencies:
 `pip install --no-deps -r requirements-serving.txt` (grpcio and protobuf come with TensorFlow).
 Request building (build_rest_request, build_grpc_request) is separate from sending, and tested
@@ -22,9 +27,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # The gRPC path imports TensorFlow.
 
@@ -32,6 +39,23 @@ import numpy as np
 from absl import app, flags
 
 DEFAULT_PORTS = {"rest": 8501, "grpc": 8500}
+ERROR_PREFIX = "cdt_tf: error:"  # cdt_tf.cli's, as its messages (tests/cli_test.py compares them).
+_MISSING_REQUIRED = re.compile(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.")
+
+
+def fail(message) -> NoReturn:
+    """cdt_tf.cli.fail without cdt_tf: the message as one line on stderr, exit status 2."""
+    print(f"{ERROR_PREFIX} {' '.join(str(message).splitlines())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with cdt_tf.cli's one-line errors (absl's own says FATAL and exits 1)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        lines = [_MISSING_REQUIRED.sub(r"--\1 is required", line) for line in str(error).splitlines()]
+        fail(f"{'; '.join(lines)}; see --help")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -54,8 +78,10 @@ def read_inputs(paths, tau: float | None = None) -> tuple[str, dict, list[str]]:
 
     Image files: ("serve_image_bytes", {"image_bytes": [bytes, ...]}, paths). .npy files:
     ("serving_default", {"images": uint8 [B, H, W, 3]}, ["a.npy[0]", ...]), or with tau
-    ("serve_with_tau", {"images": ..., "tau": float}, ...).
+    ("serve_with_tau", {"images": ..., "tau": float}, ...). An empty list is refused (ValueError).
     """
+    if not paths:
+        raise ValueError("--images is empty: name image files (JPEG/PNG/GIF/BMP) or .npy files")
     arrays = [path for path in paths if path.endswith(".npy")]
     if arrays and len(arrays) != len(paths):
         raise ValueError("pass either image files or .npy files, not both")
@@ -110,6 +136,11 @@ def build_rest_request(signature_name: str, inputs: dict) -> dict:
     if len(sizes) != 1:
         raise ValueError(f"batched inputs of different lengths: { {n: len(v) for n, v in inputs.items()} }")
     (size,) = sizes
+    if size == 0:
+        raise ValueError(
+            "TF Serving's REST API refuses an empty batch (\"No values in 'instances' array\"); "
+            "send at least one image, or use --protocol=grpc, which serves it"
+        )
     instances = [{name: _json_value(value[i]) for name, value in inputs.items()} for i in range(size)]
     return {"signature_name": signature_name, "instances": instances}
 
@@ -164,10 +195,15 @@ def send_rest(url: str, body: dict, timeout: float = 30.0) -> dict:
 
 
 def parse_rest_response(response: dict) -> dict:
-    """Output name -> NumPy array [B, ...], from the row ("predictions") or columnar ("outputs") format."""
+    """Output name -> NumPy array [B, ...], from the row ("predictions") or columnar ("outputs") format.
+
+    An empty row-format answer ({"predictions": []}) names no outputs: it gives {}.
+    """
     if "outputs" in response:
         return {name: np.asarray(value) for name, value in response["outputs"].items()}
     predictions = response["predictions"]
+    if not predictions:
+        return {}
     return {name: np.asarray([p[name] for p in predictions]) for name in predictions[0]}
 
 
@@ -203,6 +239,8 @@ def format_predictions(outputs: dict, labels, top_k: int = 5, class_names=None) 
       class_names: all C names (assets/class_names.txt); without them the classes after the
         first are shown by index.
     """
+    if not len(labels):
+        return ""
     probabilities = np.asarray(outputs["probabilities"], np.float64)
     lines = []
     for i, label in enumerate(labels):
@@ -223,7 +261,7 @@ def format_predictions(outputs: dict, labels, top_k: int = 5, class_names=None) 
 def main(argv):
     flag_values = flags.FLAGS
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value); see --help")
     try:
         signature_name, inputs, labels = read_inputs(flag_values.images, flag_values.tau)
         server = flag_values.server or f"localhost:{DEFAULT_PORTS[flag_values.protocol]}"
@@ -240,8 +278,7 @@ def main(argv):
             with open(flag_values.class_names_file, encoding="utf-8") as f:
                 class_names = f.read().splitlines()
     except (OSError, ValueError, RuntimeError) as error:
-        print(f"serving_client: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(error)
     print(format_predictions(outputs, labels, flag_values.top_k, class_names))
 
 
@@ -261,4 +298,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
