@@ -30,8 +30,14 @@ def command(flag_values) -> None:
         sys.stdout.flush()
         os._exit(2)
     except KeyboardInterrupt:
-        epoch = rundir.backed_up_epochs(run_config.model_dir) + 1  # The first epoch not kept yet.
-        print(f"cdt_tf: interrupted in epoch {epoch}; the same command resumes from it", file=sys.stderr)
+        kept = rundir.backed_up_epochs(run_config.model_dir)
+        if rundir.trained(run_config.model_dir):
+            where = "after training; the same command evaluates the trained model (model.keras) again"
+        elif kept >= run_config.epochs:
+            where = f"after the last epoch; the same command saves model.keras (all {kept} epochs are kept)"
+        else:  # The first epoch not kept yet.
+            where = f"in epoch {kept + 1}; the same command resumes from it"
+        print(f"cdt_tf: interrupted {where}", file=sys.stderr)
         sys.exit(130)
 
 

@@ -157,7 +157,7 @@ def test_kills_and_full_disks_inside_every_write_lose_at_most_the_epoch_in_progr
             if action != "KILL":
                 assert "Traceback" not in result.stderr, result.stderr[-3000:]
                 last = result.stderr.strip().splitlines()[-1]
-                assert ("interrupted in epoch" if action == "INT" else "no space left on the disk") in last
+                assert ("cdt_tf: interrupted " if action == "INT" else "no space left on the disk") in last
             _check_state(model_dir)
         final = run_cli(*args)
         assert final.returncode == 0, f"after {chain}: {final.stderr[-2000:]}"
