@@ -1,4 +1,4 @@
-"""tools/cdt_plus_ladder.py: the rungs' command lines, resuming, and the table chosen on validation."""
+"""experiments/cdt_plus_ladder.py: the rungs' command lines, resuming, and the table chosen on validation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO_ROOT, flagfile_config, run_command, subprocess_env
 
-LADDER = os.path.join(REPO_ROOT, "tools", "cdt_plus_ladder.py")
+LADDER = os.path.join(REPO_ROOT, "experiments", "cdt_plus_ladder.py")
 
 # Stands in for `python -m cdt_tf.main`: records its argv and writes a finished run's results.json
 # whose validation top-1 grows with the number of flags (so the longest rung is best on validation)
@@ -166,7 +166,7 @@ def test_the_cdt_plus_smoothing_is_the_grids_best_on_validation():
 
 
 def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own_directory(tmp_path):
-    # tools/cdt_plus_runs.sh with a stand-in Python that records each command (one JSON line each);
+    # experiments/cdt_plus_runs.sh with a stand-in Python that records each command (one JSON line each);
     # the first seed "fails", and the script goes on to the next as long_runs.sh does.
     log = tmp_path / "commands.jsonl"
     fake = tmp_path / "fake_python"
@@ -180,7 +180,7 @@ def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own
     data.mkdir()
     runs = tmp_path / "runs"
     env = dict(subprocess_env(), PYTHON=str(fake), RUNS_DIR=str(runs), DATA_DIR=str(data))
-    script = os.path.join(REPO_ROOT, "tools", "cdt_plus_runs.sh")
+    script = os.path.join(REPO_ROOT, "experiments", "cdt_plus_runs.sh")
     result = run_command("bash", script, env=dict(env, SEEDS="0 2", VAL_PER_CLASS="7"), timeout=60)
     assert result.returncode == 0, result.stderr
     assert "== cifar10_lt100_cdt_plus failed (3)" in result.stdout, result.stdout

@@ -1,6 +1,6 @@
 """Flagfile recipes for the benchmark tools: read a flagfile's values, compress its 200-epoch schedule.
 
-Shared by tools/reproduce_table.py and tools/cdt_plus_ladder.py (no flags defined here, so both can
+Shared by tools/reproduce_table.py and experiments/cdt_plus_ladder.py (no flags defined here, so both can
 import it).
 """
 

@@ -46,7 +46,7 @@ _RUN_SUFFIX = flags.DEFINE_string(
     "run_suffix",
     "_e{epochs}",
     "Appended to the flagfile's name to name a run directory ({epochs}: the schedule). '' reads run "
-    "directories named by their flagfile alone: results/ (committed) and tools/long_runs.sh's.",
+    "directories named by their flagfile alone: results/ (committed) and experiments/long_runs.sh's.",
 )
 _CIFAR10_DIR = flags.DEFINE_string("cifar10_dir", None, "--data_dir for CIFAR-10 (TFDS dir or image folder).")
 _CIFAR100_DIR = flags.DEFINE_string("cifar100_dir", None, "--data_dir for CIFAR-100.")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's 200-epoch CIFAR-10-LT rho=100 runs (issue 10), one after another, in bf16, outside the checkout.
 #
-#   nohup bash tools/long_runs.sh > ~/cdt-runs/long_runs.log 2>&1 &
+#   nohup bash experiments/long_runs.sh > ~/cdt-runs/long_runs.log 2>&1 &
 #
 # Start it again after a session ends (or a run is killed): a finished run returns at once, an
 # unfinished one resumes from its last finished epoch, the rest start in order. One run at a time is

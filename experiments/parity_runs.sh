@@ -5,7 +5,7 @@
 #
 #   git -C <bare clone of kaidic/LDAM-DRW> archive HEAD | tar -x -C ~/ref/LDAM-DRW   # or git clone
 #   .venv/bin/pip install -r requirements-parity.txt
-#   nohup bash tools/parity_runs.sh > ~/cdt-runs/parity_runs.log 2>&1 &
+#   nohup bash experiments/parity_runs.sh > ~/cdt-runs/parity_runs.log 2>&1 &
 #
 # Start it again after a session ends (or a run is killed): a finished run returns at once, an
 # unfinished one resumes from its last finished epoch, the rest start in order. One run at a time is the

@@ -6,7 +6,7 @@
 # whether its second stage beats its argmax on validation and which tau N_c^tau and logit adjustment
 # take; VAL_PER_CLASS=0 skips it).
 #
-#   nohup bash tools/cdt_plus_runs.sh > ~/cdt-runs/cdt_plus_runs.log 2>&1 &
+#   nohup bash experiments/cdt_plus_runs.sh > ~/cdt-runs/cdt_plus_runs.log 2>&1 &
 #
 # Start it again after a session ends (or a run is killed): a finished run (and its second stage)
 # returns at once, an unfinished one resumes from its last finished epoch. One run at a time is the

@@ -1,8 +1,8 @@
 r"""The CDT+ ablation ladder (issue 13): CDT on CIFAR-10-LT rho = 100 with one lever added at a time.
 
-  python tools/cdt_plus_ladder.py --data_dir=../shared/data/cifar10-jpeg \
+  python experiments/cdt_plus_ladder.py --data_dir=../shared/data/cifar10-jpeg \
       --runs_dir=~/cdt-runs/cdt_plus_ladder --rungs=cdt,wd5e-4,mixup,cosine
-  python tools/cdt_plus_ladder.py --runs_dir=~/cdt-runs/cdt_plus_ladder --norun     # the table only
+  python experiments/cdt_plus_ladder.py --runs_dir=~/cdt-runs/cdt_plus_ladder --norun     # the table only
 
 Every rung trains flags/cifar10_lt100_cdt.cfg (the paper's recipe, compressed to --epochs) with
 --val_per_class images a class carved out as a balanced validation split, plus its levers. A rung is
@@ -24,7 +24,10 @@ import platform
 import sys
 
 from absl import app, flags
-from recipes import REPO, Runner, compressed_flags, flagfile_values, read_json, scale_epoch
+
+# tools/recipes.py (shared with tools/reproduce_table.py), then the package.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from recipes import REPO, Runner, compressed_flags, flagfile_values, read_json, scale_epoch  # noqa: E402
 
 sys.path.insert(0, REPO)
 from cdt_tf import cli  # noqa: E402

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy benchmark: ERM and CDT (gamma 0.3) on CIFAR-10-LT rho = 100 from the offline JPEG copy.
-#   bash tools/run_cifar10_lt_benchmark.sh [EPOCHS] [RUNS_DIR]
+#   bash experiments/run_cifar10_lt_benchmark.sh [EPOCHS] [RUNS_DIR]
 # EPOCHS=200 is the paper's recipe. A smaller value compresses the schedule proportionally:
 # warm-up round(5 * E / 200) epochs (at least 1), decays at round(160 * E / 200) and round(180 * E / 200).
 # Runs one after the other (each uses both cores); a killed run resumes when started again.
