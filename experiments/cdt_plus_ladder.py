@@ -1,4 +1,4 @@
-r"""The CDT+ ablation ladder (issue 13): CDT on CIFAR-10-LT rho = 100 with one lever added at a time.
+r"""The CDT+ ablation ladder: CDT on CIFAR-10-LT rho = 100 with one lever added at a time.
 
   python experiments/cdt_plus_ladder.py --data_dir=../shared/data/cifar10-jpeg \
       --runs_dir=~/cdt-runs/cdt_plus_ladder --rungs=cdt,wd5e-4,mixup,cosine
@@ -56,7 +56,7 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gamma0.5": ("gamma 0.5 (from 0.3)", ("--gamma=0.5",)),
     "gamma0.2": ("gamma 0.2 (from 0.3)", ("--gamma=0.2",)),
 }
-# The ladder as it was run for issue 13 (BENCHMARKS.md), in that order; `samepad` and `gamma0.2` stay
+# The ladder as it was run (BENCHMARKS.md), in that order; `samepad` and `gamma0.2` stay
 # available by name.
 DEFAULT_RUNGS = [
     "cdt",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CDT+ recipe at 200 epochs (issue 13), one run after another, outside the checkout: both stages of
+# The CDT+ recipe at 200 epochs, one run after another, outside the checkout: both stages of
 # flags/cifar10_lt100_cdt_plus.cfg for each seed (seed 0 in cifar10_lt100_cdt_plus, seed N in
 # cifar10_lt100_cdt_plus_seedN), then the same recipe with a VAL_PER_CLASS-a-class validation split
 # carved out (cifar10_lt100_cdt_plus_val<K>, seed 0: the selection run that tells, at the full length,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's 200-epoch CIFAR-10-LT rho=100 runs (issue 10), one after another, in bf16, outside the checkout.
+# The paper's 200-epoch CIFAR-10-LT rho=100 runs, one after another, in bf16, outside the checkout.
 #
 #   nohup bash experiments/long_runs.sh > ~/cdt-runs/long_runs.log 2>&1 &
 #
