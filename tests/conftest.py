@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import subprocess
@@ -33,6 +34,15 @@ DIGITS_SMOKE = (
     "--eval_every=1",
     "--checkpoint_every=1",
 )
+
+
+def load_tool(name: str, folder: str = "tools"):
+    """A script of tools/ (or experiments/) as a module: they are not a package and cdt_tf never
+    imports them, so tests load them from their files."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def subprocess_env(**extra: str) -> dict:

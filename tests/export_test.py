@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -23,21 +22,13 @@ from cdt_tf import datasets, export, models, rundir
 from cdt_tf.calibration import TAU_RANGE, nc_tau_calibrate
 from cdt_tf.config import Config
 from cdt_tf.errors import UserError
-from conftest import REPO_ROOT, run_command
+from conftest import REPO_ROOT, load_tool, run_command
 
 # Every signature returns these (tested: the exported outputs are exactly these keys).
 OUTPUTS = ("logits", "calibrated_logits", "probabilities", "classes", "class_names")
 
 
-def _load_tool(name):
-    """A module of tools/ (not a package, never imported by cdt_tf)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serving_client = _load_tool("serving_client")
+serving_client = load_tool("serving_client")
 
 CLASS_COUNTS = [124, 96, 74, 57, 44, 34, 26, 20, 16, 12]  # imbalanced_counts(10, 124, 10)
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "number nine"]

@@ -1,8 +1,9 @@
 """The package's import direction, read from the source with `ast` (imports inside functions included).
 
 Layers, lowest first (BUILD.md's module map): a module imports only modules of its own layer or
-below, never in a cycle; `tools/` and `experiments/` are never imported by the package; the facts
-import neither TensorFlow nor Keras; callbacks and losses never build datasets.
+below, never in a cycle; inside the data layer the sources run one way too (types <- image files <-
+one module per source <- the `datasets` registry); `tools/` and `experiments/` are never imported by
+the package; the facts import neither TensorFlow nor Keras; callbacks and losses never build datasets.
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ PACKAGE_DIR = os.path.join(REPO_ROOT, "cdt_tf")
 
 LAYERS = (
     ("facts", {"catalog", "class_stats", "errors", "paper_results"}),
-    ("config", {"config", "cli"}),
+    ("config", {"config", "flag_definitions", "cli"}),
     (
         "data, methods, nets",
         {
+            "data_types",
+            "image_files",
+            "source_cifar",
+            "source_digits",
+            "source_image_folder",
+            "source_inat2018",
+            "source_tiny_imagenet",
             "datasets",
             "input_pipeline",
             "augment",
@@ -42,7 +50,16 @@ LAYERS = (
     ("entry points", {"main"}),
 )
 RANK = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
-DATA_BUILDERS = {"datasets", "input_pipeline", "augment", "run_data"}
+# The data sources inside the data layer, lowest first: their types, the image files, one module per
+# source (none imports another), the registry by --dataset name.
+SOURCE_LAYERS = (
+    {"data_types"},
+    {"image_files"},
+    {"source_cifar", "source_digits", "source_image_folder", "source_inat2018", "source_tiny_imagenet"},
+    {"datasets"},
+)
+SOURCE_RANK = {module: rank for rank, modules in enumerate(SOURCE_LAYERS) for module in modules}
+DATA_BUILDERS = {"input_pipeline", "augment", "run_data"} | set(SOURCE_RANK)
 
 
 def _modules() -> list[str]:
@@ -86,6 +103,18 @@ def test_every_module_has_a_layer():
 def test_imports_run_downward(module):
     upward = sorted(m for m in GRAPH[module] if RANK[m] > RANK[module])
     assert upward == [], f"{module} ({LAYERS[RANK[module]][0]}) imports higher layers: {upward}"
+
+
+def test_every_source_module_has_a_rank():
+    sources = {m for m in _modules() if m.startswith("source_")}
+    assert sorted(sources - SOURCE_RANK.keys()) == [], "add new source modules to SOURCE_LAYERS"
+
+
+@pytest.mark.parametrize("module", sorted(SOURCE_RANK))
+def test_data_sources_import_downward(module):
+    """data_types <- image_files <- source_* <- datasets: no source imports another or the registry."""
+    found = GRAPH[module] & SOURCE_RANK.keys()
+    assert sorted(m for m in found if SOURCE_RANK[m] >= SOURCE_RANK[module]) == []
 
 
 def test_no_import_cycles():

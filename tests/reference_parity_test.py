@@ -14,7 +14,7 @@ from absl import flags
 
 from cdt_tf import datasets
 from cdt_tf.errors import UserError
-from conftest import REPO_ROOT, run_command, subprocess_env
+from conftest import REPO_ROOT, load_tool, run_command, subprocess_env
 
 TOOL = os.path.join(REPO_ROOT, "tools", "reference_parity.py")
 HAS_TORCH = (
@@ -22,14 +22,7 @@ HAS_TORCH = (
 )
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("reference_parity", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-parity = _tool()
+parity = load_tool("reference_parity")
 
 
 def _image_folder(root, per_class=(3, 2), test_per_class=2, size=8) -> str:

@@ -5,7 +5,6 @@ Requests against the exported signatures are tested in tests/export_test.py.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -13,18 +12,9 @@ import numpy as np
 import pytest
 
 from cdt_tf import cli
-from conftest import REPO_ROOT, run_command
+from conftest import load_tool, run_command
 
-
-def _load_tool(name):
-    """A module of tools/ (not a package, never imported by cdt_tf)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serving_client = _load_tool("serving_client")
+serving_client = load_tool("serving_client")
 
 
 def _client(*args: str):
