@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cdt_tf import diagnosis, evaluate, features, rundir
+from cdt_tf import diagnosis, durability, evaluate, features, rundir
 from cdt_tf.errors import EvaluationDataError, TrainingError
 
 
@@ -102,7 +102,7 @@ class PerClassEvaluation(keras.callbacks.Callback):
         try:
             seen = features.extract(self._probe, self.dataset, self.labels)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
-            # Raised by ReportEvaluationFailure after the epoch is backed up; train.py names the file.
+            # ReportEvaluationFailure raises it once the epoch is backed up; run_data names the file.
             self.failure = EvaluationDataError("test", epoch + 1, error)
             return
         self.latest = (epoch, seen)
@@ -158,7 +158,7 @@ class MetricsJsonl(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, "seconds": round(time.time() - self._start, 2), "started": self.started}
         record.update({k: float(v) for k, v in (logs or {}).items()})
-        rundir.fault_point("metrics")
+        durability.fault_point("metrics")
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
@@ -219,7 +219,7 @@ class GuardedBackupAndRestore(keras.callbacks.BackupAndRestore):
     and only then is the backup before the previous one deleted. So at every instant the metadata
     names a complete file, and the previous epoch's file is still there: a damaged latest file (a
     disk that lied) falls back to it with one line. Never backs up non-finite weights: after
-    `stop_on_nan` trips, nothing is written. The backup is never deleted here: train.py removes it
+    `stop_on_nan` trips, nothing is written. The backup is never deleted here: rundir.remove_backup removes it
     once model.keras is complete. Reads the layout of Keras' own callback (latest.weights.h5) too,
     so runs started before resume.
     """
@@ -296,15 +296,15 @@ class GuardedBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model.save_weights(partial, overwrite=True)
         with open(partial, "rb+") as f:
             os.fsync(f.fileno())
-        rundir.fault_point("backup.partial")
+        durability.fault_point("backup.partial")
         os.replace(partial, os.path.join(self.backup_dir, name))
-        rundir.fault_point("backup.renamed")
+        durability.fault_point("backup.renamed")
         previous = [n for n, _ in self._candidates() if n != name][:1]
         rundir.write_json(
             self._training_metadata_path,
             {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name},
         )
-        rundir.fault_point("backup.cleanup")
+        durability.fault_point("backup.cleanup")
         for old in os.listdir(self.backup_dir):  # Keep the new file and the one before it.
             if old not in (name, *previous) and (_BACKUP_NAME.fullmatch(old) or old == "latest.weights.h5"):
                 os.remove(os.path.join(self.backup_dir, old))

@@ -10,19 +10,19 @@ from __future__ import annotations
 import os
 import sys
 
-from cdt_tf import cli, config, rundir
+from cdt_tf import cli, config, durability, rundir
 from cdt_tf.errors import UserError
 
 
 def command(flag_values) -> None:
     """Trains and evaluates the run the flags describe, then prints its results."""
     run_config = config.Config.from_flags(flag_values)
-    rundir.check_usable(run_config.model_dir)  # Before TensorFlow loads: a bad --model_dir is one line.
+    durability.check_usable(run_config.model_dir)  # Before TensorFlow loads: a bad --model_dir is one line.
     try:
-        with rundir.disk_full_as_user_error(run_config.model_dir, "writing the run directory"):
+        with durability.disk_full_as_user_error(run_config.model_dir, "writing the run directory"):
             train_and_report(run_config)
     except UserError as error:
-        if not rundir.is_disk_full(error):
+        if not durability.is_disk_full(error):
             raise
         # A full disk can leave an HDF5 file half-closed, and h5py may crash tearing it down at exit:
         # say the one line, then leave without running finalizers.
@@ -53,7 +53,7 @@ def train_and_report(run_config: config.Config) -> None:
     if results.get("post_hoc"):
         print(post_hoc.format_section(results["post_hoc"]))
     if run_config.second_stage != "none":
-        with rundir.exclusive(run_config.model_dir):
+        with durability.exclusive(run_config.model_dir):
             run_second_stage(run_config)
     print(f"Results: {os.path.join(run_config.model_dir, 'results.json')}")
 

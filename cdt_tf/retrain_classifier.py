@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from cdt_tf import catalog, class_stats, cli, evaluate, rundir
+from cdt_tf import catalog, class_stats, cli, durability, evaluate, rundir
 from cdt_tf.errors import UserError
 from cdt_tf.features import extract, probe
 
@@ -276,7 +276,7 @@ def command(flag_values) -> None:
     """`python -m cdt_tf.retrain_classifier`: retrain, write the record, print its top-1."""
     f = flag_values
     # One writer: not beside the run's own training or another retraining (a missing folder: retrain says so).
-    lock = rundir.exclusive(f.model_dir) if os.path.isdir(f.model_dir) else contextlib.nullcontext()
+    lock = durability.exclusive(f.model_dir) if os.path.isdir(f.model_dir) else contextlib.nullcontext()
     with lock:
         record = retrain(
             f.model_dir,

@@ -9,13 +9,16 @@ dataset. This module is the one place that tells the two kinds of source apart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 
 import numpy as np
+import tensorflow as tf
 
 from cdt_tf import augment, catalog, class_stats, datasets, input_pipeline
 from cdt_tf.config import Config
-from cdt_tf.errors import UserError
+from cdt_tf.errors import EvaluationDataError, TrainingError, UserError
 
 SPLITS = ("train", "holdout", "validation", "test")
 # class_stats.sample_per_class stream of the --eval_per_class samples (1: held-out split; 3, 4: validation).
@@ -324,3 +327,47 @@ def split_validation(
     taken = class_stats.sample_per_class(pool_labels[train], from_subset, seed, stream=(4,))
     validation = np.sort(np.concatenate([pooled, train[taken]])).astype(np.int64)
     return np.delete(train, taken), validation, from_pool.tolist(), from_subset.tolist()
+
+
+# What TensorFlow says when an image file is missing or cannot be decoded.
+UNREADABLE_DATA = re.compile(
+    r"No such file|not found|Unknown image file format|Invalid JPEG|Invalid PNG|Corrupt JPEG|"
+    r"decode|Premature end|truncated|DataLoss",
+    re.IGNORECASE,
+)
+
+
+@contextlib.contextmanager
+def unreadable_data_as_user_error(config: Config, data: RunData, stage: str = "training"):
+    """An image that cannot be read or decoded mid-run becomes one line: the pass that stopped (training,
+    the test evaluation after epoch N, or the final evaluation), the file(s) when they can be found,
+    and what is kept."""
+    try:
+        yield
+    except EvaluationDataError as wrapped:
+        error = wrapped.error
+        if not UNREADABLE_DATA.search(str(error)):
+            raise error from None  # Not the data: a bug, shown whole.
+        raise _unreadable(
+            config,
+            data,
+            error,
+            f"evaluating the {wrapped.split} split after epoch {wrapped.epoch}",
+            wrapped.split,
+        ) from error
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
+        if not UNREADABLE_DATA.search(str(error)):
+            raise  # Not the data: a bug, shown whole.
+        raise _unreadable(config, data, error, stage, None if stage == "training" else "test") from error
+
+
+def _unreadable(config: Config, data: RunData, error, stage: str, split: str | None) -> TrainingError:
+    first_line = next((line for line in str(error).splitlines() if UNREADABLE_DATA.search(line)), "")
+    named = data.undecodable(split) if split else []
+    files = f"; unreadable: {', '.join(named[:5])}{' …' if len(named) > 5 else ''}" if named else ""
+    skip = "" if config.bad_images == "skip" else ", or pass --bad_images=skip to leave them out"
+    return TrainingError(
+        f"{stage} stopped on unreadable data ({type(error).__name__}: {first_line}){files}; the finished "
+        f"epochs are kept in {config.model_dir} (backup/, model.keras once training ended): fix or "
+        f"remove the file{skip} and run the same command again to continue"
+    )

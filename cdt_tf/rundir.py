@@ -13,8 +13,9 @@
   post_hoc.png     top-1 against tau of each post-hoc rule
   .lock            the exclusive lock of the process that writes the run (`exclusive`)
 
-What a run directory guarantees (README "The run directory"): one writer at a time (`exclusive`:
-an flock the kernel drops when its holder dies, so a killed run leaves no stale lock); every state
+What a run directory guarantees (README "The run directory"; the means are in `durability`): one
+writer at a time (`durability.exclusive`: an flock the kernel drops when its holder dies, so a killed
+run leaves no stale lock); every state
 file written under a temporary name, flushed and renamed (`write_json`, the backup, model.keras), so a
 kill or a full disk costs at most the epoch in progress; backup/ removed only once model.keras is
 complete and re-readable.
@@ -27,16 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import json
 import os
-import signal
-import socket
-import time
+import shutil
 
 import numpy as np
 
+from cdt_tf import durability
 from cdt_tf.config import Config
 from cdt_tf.errors import UserError
 
@@ -50,29 +48,7 @@ BACKUP = "backup"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 POST_HOC_PLOT = "post_hoc.png"
-LOCK = ".lock"
-
-
-# Fault injection for the tests (tests/faults_test.py): CDT_TF_FAULTS="site:n:action,..." makes the
-# n-th `fault_point(site)` of the process send itself SIGKILL ("KILL") or SIGINT ("INT"), or raise a
-# full disk's OSError ("ENOSPC"). Sites sit inside every write of the run's state (FAULT_SITES).
-FAULT_SITES = ("json", "metrics", "backup.partial", "backup.renamed", "backup.cleanup", "model.partial")
-_fault_counts: dict[str, int] = {}
-
-
-def fault_point(site: str) -> None:
-    """A place inside a write where the tests can kill the process or fill the disk (see FAULT_SITES)."""
-    faults = os.environ.get("CDT_TF_FAULTS")
-    if not faults:
-        return
-    _fault_counts[site] = _fault_counts.get(site, 0) + 1
-    for fault in faults.split(","):
-        name, count, action = fault.split(":")
-        if name == site and int(count) == _fault_counts[site]:
-            if action == "ENOSPC":
-                raise OSError(errno.ENOSPC, "No space left on device (injected)", site)
-            os.kill(os.getpid(), signal.SIGKILL if action == "KILL" else signal.SIGINT)
-            time.sleep(5)  # The signal arrives: SIGINT raises KeyboardInterrupt here.
+LOCK = durability.LOCK
 
 
 def write_json(path: str, value) -> None:
@@ -84,127 +60,13 @@ def write_json(path: str, value) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        fault_point("json")
+        durability.fault_point("json")
     except OSError:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
     os.replace(temporary, path)
-    sync_directory(os.path.dirname(path) or ".")
-
-
-def sync_directory(path: str) -> None:
-    """fsync a directory, so that a rename in it survives a power cut (a no-op where unsupported)."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-def check_usable(model_dir: str) -> None:
-    """Checks that model_dir can be created and written (leaving nothing behind); one-line UserError if not.
-
-    Called before any work starts: a regular file, a path under a file, /proc, a read-only or
-    immutable parent each get one line naming the path and the reason.
-    """
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise UserError(f"--model_dir {model_dir} is a file, not a directory; give the path of a directory")
-    created, path = [], os.path.abspath(model_dir)
-    while not os.path.exists(path):  # The folders the check creates, removed again after it.
-        created.append(path)
-        path = os.path.dirname(path)
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-        probe = os.path.join(model_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-        for folder in created:
-            os.rmdir(folder)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise UserError(
-            f"--model_dir {model_dir} cannot hold a run ({reason}); give a directory you can write to"
-        ) from error
-
-
-# Locks this process holds: real path -> [descriptor, depth] (`exclusive` is re-entrant).
-_HELD: dict[str, list[int]] = {}
-
-
-@contextlib.contextmanager
-def exclusive(model_dir: str):
-    """Holds the run directory's lock: a second process that writes the same run is refused at once.
-
-    An exclusive, non-blocking `flock` on model_dir/.lock, which names its holder (pid, host, since
-    when). The kernel releases it when the holder exits or is killed, so no stale lock survives a
-    crash. Re-entrant within a process (training, then its second stage). Raises UserError naming
-    the holder when another process has it.
-    """
-    check_usable(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
-    key = os.path.realpath(model_dir)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield
-        finally:
-            _HELD[key][1] -= 1
-        return
-    descriptor = os.open(os.path.join(model_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        holder = os.pread(descriptor, 300, 0).decode(errors="replace").strip() or "another process"
-        os.close(descriptor)
-        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        raise UserError(
-            f"--model_dir {model_dir} is in use by {holder}; wait for it to finish (or stop it: the same "
-            "command then resumes), or give another --model_dir"
-        ) from None
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()} (since {since})\n".encode(), 0)
-    _HELD[key] = [descriptor, 1]
-    try:
-        yield
-    finally:
-        _HELD[key][1] -= 1
-        if not _HELD[key][1]:
-            del _HELD[key]
-            os.close(descriptor)  # Releases the flock; the file stays (removing it would race).
-
-
-# What a full disk looks like in the errors of Python, h5py and TensorFlow.
-_NO_SPACE = ("No space left on device", "errno = 28", "Disk quota exceeded")
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether an exception (or one it was raised from) says that the disk is full."""
-    while error is not None:
-        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(error) for text in _NO_SPACE):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-@contextlib.contextmanager
-def disk_full_as_user_error(model_dir: str, doing: str):
-    """A full disk while `doing` becomes one line: what is kept and that the same command resumes."""
-    try:
-        yield
-    except Exception as error:
-        if not is_disk_full(error):
-            raise
-        raise UserError(
-            f"no space left on the disk of {model_dir} while {doing}; free some space and run the same "
-            "command again: every finished epoch is kept (backup/), the one in progress is redone"
-        ) from error
+    durability.sync_directory(os.path.dirname(path) or ".")
 
 
 def write_classifier(path: str, kernel, bias, batch_norm: dict | None = None) -> None:
@@ -343,6 +205,13 @@ def has_progress(model_dir: str) -> bool:
             return True
     metrics = os.path.join(model_dir, METRICS)
     return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
+def remove_backup(model_dir: str) -> None:
+    """Removes backup/ once model.keras holds the trained weights (nothing to resume any more)."""
+    backup = os.path.join(model_dir, BACKUP)
+    if os.path.isdir(backup) and trained(model_dir):
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def backed_up_epochs(model_dir: str) -> int:

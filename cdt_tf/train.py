@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import shutil
 import sys
 import time
-import zipfile
 
 import keras
 import tensorflow as tf
@@ -17,6 +13,7 @@ from absl import logging
 from cdt_tf import (
     class_stats,
     distribution,
+    durability,
     evaluate,
     losses,
     models,
@@ -38,7 +35,7 @@ from cdt_tf.callbacks import (
     VariableSchedule,
 )
 from cdt_tf.config import Config
-from cdt_tf.errors import EvaluationDataError, TrainingError
+from cdt_tf.errors import TrainingError
 from cdt_tf.features import Features
 from cdt_tf.optimizers import CoupledDecaySGD
 from cdt_tf.schedules import WarmupStepDecay
@@ -120,9 +117,9 @@ def train_and_evaluate(config: Config) -> dict | None:
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         if not distribution.is_chief(distribution.read_tf_config()):  # Writes only its scratch folder.
             return multi_worker.run(config, strategy, _train_and_evaluate)
-        with rundir.exclusive(config.model_dir):
+        with durability.exclusive(config.model_dir):
             return multi_worker.run(config, strategy, _train_and_evaluate)
-    with rundir.exclusive(config.model_dir):  # One writer: a second start is refused at once.
+    with durability.exclusive(config.model_dir):  # One writer: a second start is refused at once.
         return _train_and_evaluate(config, strategy)
 
 
@@ -175,24 +172,26 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
         model, final_test = rundir.load_model(os.path.join(config.model_dir, rundir.MODEL)), None
     else:
         with (
-            _data_errors_as_user_errors(config, data),
-            rundir.disk_full_as_user_error(config.model_dir, "training"),
+            run_data.unreadable_data_as_user_error(config, data),
+            durability.disk_full_as_user_error(config.model_dir, "training"),
         ):
             model, final_test = fit(config, strategy, data, test_data)
         if model is None:  # A multi_worker worker other than the chief: the chief evaluates and writes.
             return None
-        with rundir.disk_full_as_user_error(config.model_dir, "saving the trained model"):
-            save_model(model, config.model_dir)
-    remove_backup(config.model_dir)  # Only now: model.keras is complete (also after a kill right here).
+        with durability.disk_full_as_user_error(config.model_dir, "saving the trained model"):
+            durability.save_model_atomically(model, os.path.join(config.model_dir, rundir.MODEL))
+    rundir.remove_backup(
+        config.model_dir
+    )  # Only now: model.keras is complete (also after a kill right here).
     train_seconds = time.time() - start
 
-    with _data_errors_as_user_errors(config, data, "evaluating the trained model"):
+    with run_data.unreadable_data_as_user_error(config, data, "evaluating the trained model"):
         results = _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name)
     results["subset_hash"] = subset["hash"]
     results["train_seconds"] = round(train_seconds, 1)  # This start's; "training" covers every start.
     results["training"] = rundir.training_time(config.model_dir)
     results["precision"] = precision
-    with rundir.disk_full_as_user_error(config.model_dir, "writing results.json"):
+    with durability.disk_full_as_user_error(config.model_dir, "writing results.json"):
         rundir.write_json(os.path.join(config.model_dir, rundir.RESULTS), results)
         post_hoc.plot_sweeps(
             results["post_hoc"],
@@ -200,84 +199,6 @@ def _train_and_evaluate(config: Config, strategy: tf.distribute.Strategy) -> dic
             os.path.basename(os.path.normpath(config.model_dir)),
         )
     return results
-
-
-def save_model(model: keras.Model, model_dir: str) -> None:
-    """Writes model.keras atomically: to a temporary name, checked complete (every zip member's CRC),
-    flushed, then renamed. A kill or a full disk leaves no model.keras, never a truncated one."""
-    path = os.path.join(model_dir, rundir.MODEL)
-    partial = os.path.join(model_dir, PARTIAL_MODEL)
-    try:
-        model.save(partial)
-        with zipfile.ZipFile(partial) as archive:
-            damaged = archive.testzip()
-        if damaged is not None:
-            raise OSError(f"{partial} was written incompletely ({damaged})")
-        with open(partial, "rb+") as f:
-            os.fsync(f.fileno())
-        rundir.fault_point("model.partial")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
-        raise
-    os.replace(partial, path)
-    rundir.sync_directory(model_dir)
-
-
-PARTIAL_MODEL = "model.partial.keras"
-
-
-def remove_backup(model_dir: str) -> None:
-    """Removes backup/ once model.keras holds the trained weights (nothing to resume any more)."""
-    backup = os.path.join(model_dir, rundir.BACKUP)
-    if os.path.isdir(backup) and rundir.trained(model_dir):
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-# What TensorFlow says when an image file is missing or cannot be decoded.
-UNREADABLE_DATA = re.compile(
-    r"No such file|not found|Unknown image file format|Invalid JPEG|Invalid PNG|Corrupt JPEG|"
-    r"decode|Premature end|truncated|DataLoss",
-    re.IGNORECASE,
-)
-
-
-@contextlib.contextmanager
-def _data_errors_as_user_errors(config: Config, data: run_data.RunData, stage: str = "training"):
-    """An image that cannot be read or decoded mid-run becomes one line: the pass that stopped (training,
-    the test evaluation after epoch N, or the final evaluation), the file(s) when they can be found,
-    and what is kept."""
-    try:
-        yield
-    except EvaluationDataError as wrapped:
-        error = wrapped.error
-        if not UNREADABLE_DATA.search(str(error)):
-            raise error from None  # Not the data: a bug, shown whole.
-        raise _unreadable(
-            config,
-            data,
-            error,
-            f"evaluating the {wrapped.split} split after epoch {wrapped.epoch}",
-            wrapped.split,
-        ) from error
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as error:
-        if not UNREADABLE_DATA.search(str(error)):
-            raise  # Not the data: a bug, shown whole.
-        raise _unreadable(config, data, error, stage, None if stage == "training" else "test") from error
-
-
-def _unreadable(
-    config: Config, data: run_data.RunData, error, stage: str, split: str | None
-) -> TrainingError:
-    first_line = next((line for line in str(error).splitlines() if UNREADABLE_DATA.search(line)), "")
-    named = data.undecodable(split) if split else []
-    files = f"; unreadable: {', '.join(named[:5])}{' …' if len(named) > 5 else ''}" if named else ""
-    skip = "" if config.bad_images == "skip" else ", or pass --bad_images=skip to leave them out"
-    return TrainingError(
-        f"{stage} stopped on unreadable data ({type(error).__name__}: {first_line}){files}; the finished "
-        f"epochs are kept in {config.model_dir} (backup/, model.keras once training ended): fix or "
-        f"remove the file{skip} and run the same command again to continue"
-    )
 
 
 def _evaluate(config, strategy, data, model, final_test, taus_from, taus_from_name) -> dict:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from cdt_tf import rundir
+from cdt_tf import durability, rundir
 from conftest import REPO_ROOT, run_cli, run_module, subprocess_env
 
 RUN = (
@@ -98,7 +98,7 @@ def test_nan_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path):
     )
 
 
-# Fault injection (cdt_tf.rundir.fault_point): short digits runs, killed or given a full disk inside
+# Fault injection (cdt_tf.durability.fault_point): short digits runs, killed or given a full disk inside
 # every kind of state write, then the same command again.
 FAULT_RUN = (
     "--dataset=digits",
@@ -122,7 +122,7 @@ def _fault_chains(seed: int = 22) -> list[list[str]]:
     """Four chains of faults, each on a fresh run: twelve kills (SIGKILL and SIGINT) at seeded sites and
     counts, and a full disk at every site. model.partial (written once, at the end) closes a chain."""
     rng = random.Random(seed)
-    sites = [s for s in rundir.FAULT_SITES if s != "model.partial"]
+    sites = [s for s in durability.FAULT_SITES if s != "model.partial"]
     kills = [f"{rng.choice(sites)}:{rng.randint(1, 2)}:{'KILL' if k % 2 else 'INT'}" for k in range(12)]
     disk_full = [f"{site}:1:ENOSPC" for site in sites]
     faults = kills + disk_full

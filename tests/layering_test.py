@@ -44,7 +44,7 @@ LAYERS = (
             "models",
         },
     ),
-    ("run directory", {"rundir", "features"}),
+    ("run directory", {"rundir", "durability", "features"}),
     ("reports", {"post_hoc", "analyze", "retrain_classifier", "export"}),
     ("training", {"train", "callbacks", "multi_worker"}),
     ("entry points", {"main"}),

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from cdt_tf import config as config_lib
-from cdt_tf import rundir
+from cdt_tf import durability, rundir
 from cdt_tf.errors import UserError
 from conftest import DIGITS_SMOKE, REPO_ROOT, run_command, run_module, subprocess_env
 
@@ -229,7 +229,7 @@ def _a_file(root):
 )
 def test_an_unusable_model_dir_is_one_line(tmp_path, make, fragment):
     with pytest.raises(UserError, match=re.escape(fragment)):
-        rundir.check_usable(str(make(tmp_path)))
+        durability.check_usable(str(make(tmp_path)))
 
 
 def test_a_read_only_parent_is_one_line(tmp_path, monkeypatch):
@@ -238,7 +238,7 @@ def test_a_read_only_parent_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "makedirs", refuse)  # As root, chmod and chattr +i are not enforced in tests.
     with pytest.raises(UserError, match=r"cannot hold a run \(Permission denied\)"):
-        rundir.check_usable(str(tmp_path / "run"))
+        durability.check_usable(str(tmp_path / "run"))
 
 
 def test_the_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
@@ -247,8 +247,8 @@ def test_the_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from cdt_tf import rundir\n"
-            f"with rundir.exclusive({model_dir!r}):\n    print('held', flush=True); time.sleep(60)",
+            "import sys, time; from cdt_tf import durability\n"
+            f"with durability.exclusive({model_dir!r}):\n    print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -258,12 +258,12 @@ def test_the_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=rf"is in use by process {holder.pid} on "):
-            with rundir.exclusive(model_dir):
+            with durability.exclusive(model_dir):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with rundir.exclusive(model_dir), rundir.exclusive(model_dir):  # Free again; re-entrant.
+    with durability.exclusive(model_dir), durability.exclusive(model_dir):  # Free again; re-entrant.
         pass
 
 
@@ -274,9 +274,9 @@ def test_disk_full_is_recognised_through_the_chain():
         except OSError as error:
             raise RuntimeError("h5py: can't write data") from error
     except RuntimeError as error:
-        assert rundir.is_disk_full(error)
-    assert rundir.is_disk_full(OSError("Can't write data (file write failed: errno = 28, ...)"))
-    assert not rundir.is_disk_full(OSError(2, "No such file or directory"))
+        assert durability.is_disk_full(error)
+    assert durability.is_disk_full(OSError("Can't write data (file write failed: errno = 28, ...)"))
+    assert not durability.is_disk_full(OSError(2, "No such file or directory"))
     with pytest.raises(UserError, match="no space left on the disk of /r while saving; free some space"):
-        with rundir.disk_full_as_user_error("/r", "saving"):
+        with durability.disk_full_as_user_error("/r", "saving"):
             raise OSError(28, "No space left on device")
