@@ -152,7 +152,7 @@ class MetricsJsonl(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if not self._trimmed:  # The first epoch of this start: the backup has been restored by now.
             self._trimmed = True
-            trim_metrics(self.path, epoch)
+            rundir.trim_metrics(self.path, epoch)
         self._start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -163,34 +163,6 @@ class MetricsJsonl(keras.callbacks.Callback):
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-
-def trim_metrics(path: str, finished_epochs: int) -> None:
-    """Keeps the metrics.jsonl lines of epochs 1..finished_epochs (the ones the restored backup holds).
-
-    The line of an epoch is written before its backup, so a kill between the two leaves a line the
-    backup lacks: the resumed run redoes that epoch and writes its line again, once. Lines cut by a
-    kill are dropped. The file is rewritten atomically, and only when something goes.
-    """
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    kept = []
-    for line in lines:
-        try:
-            epoch = json.loads(line).get("epoch", 0)
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if epoch <= finished_epochs:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if kept != lines:
-        temporary = f"{path}.tmp"
-        with open(temporary, "w") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
 
 
 class StopOnNaN(keras.callbacks.Callback):

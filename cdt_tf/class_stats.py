@@ -6,6 +6,7 @@ rho = N_max / N_min >= 1, and class index 0 is the largest class.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -204,3 +205,12 @@ def sample_up_to(
     labels = np.asarray(labels, np.int64)
     counts = np.minimum(per_class, np.bincount(labels, minlength=num_classes))
     return sample_per_class(labels, counts, seed, stream)
+
+
+def subset_hash(ids: Sequence[str]) -> str:
+    """SHA-256 of the chosen example ids, one per line in order: the subset's fingerprint."""
+    digest = hashlib.sha256()
+    for example_id in ids:
+        digest.update(str(example_id).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()

@@ -101,6 +101,48 @@ def read_classifier(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
         raise UserError(f"cannot read the classifier weights {path} ({error}); retrain them") from None
 
 
+def read_metrics(model_dir: str) -> list:
+    """The lines of a run's metrics.jsonl, parsed ([] without the file; a line cut by a kill is skipped)."""
+    path = os.path.join(model_dir, METRICS)
+    lines = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError:  # A line cut by a kill.
+                    continue
+    return lines
+
+
+def trim_metrics(path: str, finished_epochs: int) -> None:
+    """Keeps the metrics.jsonl lines of epochs 1..finished_epochs (the ones the restored backup holds).
+
+    The line of an epoch is written before its backup, so a kill between the two leaves a line the
+    backup lacks: the resumed run redoes that epoch and writes its line again, once. Lines cut by a
+    kill are dropped. The file is rewritten atomically, and only when something goes.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            epoch = json.loads(line).get("epoch", 0)
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if epoch <= finished_epochs:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        temporary = f"{path}.tmp"
+        with open(temporary, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+
+
 def training_time(model_dir: str) -> dict | None:
     """What metrics.jsonl says of the training's wall time, over every start of the run.
 
@@ -108,16 +150,9 @@ def training_time(model_dir: str) -> dict | None:
     by a start killed after logging it, counts once: its last line), "starts": how many processes
     trained it (None when the lines predate the "started" field)}, or None without metrics.jsonl.
     """
-    path = os.path.join(model_dir, METRICS)
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(model_dir, METRICS)):
         return None
-    lines = []
-    with open(path) as f:
-        for line in f:
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:  # A line cut by a kill.
-                continue
+    lines = read_metrics(model_dir)
     last = {line["epoch"]: line for line in lines if isinstance(line, dict) and "epoch" in line}
     starts = {line["started"] for line in lines if isinstance(line, dict) and "started" in line}
     return {

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from cdt_tf import datasets
+from cdt_tf import class_stats, datasets, rundir
 from cdt_tf.errors import UserError
 from conftest import REPO_ROOT, load_tool, run_command, subprocess_env
 
@@ -42,7 +42,7 @@ def _image_folder(root, per_class=(3, 2), test_per_class=2, size=8) -> str:
 
 def _subset(ids, counts) -> dict:
     return {
-        "hash": parity.subset_hash(ids),
+        "hash": class_stats.subset_hash(ids),
         "class_counts": list(counts),
         "num_images": len(ids),
         "ids": list(ids),
@@ -59,7 +59,7 @@ def test_subset_hash_is_the_projects():
     from cdt_tf import input_pipeline
 
     ids = ["train/a/1.jpg", "train/b/2.jpg"]
-    assert parity.subset_hash(ids) == input_pipeline.subset_hash(ids)
+    assert class_stats.subset_hash(ids) == input_pipeline.subset_hash(ids)
 
 
 def test_read_subset_from_a_run_or_its_file(tmp_path):
@@ -136,7 +136,7 @@ def test_metrics_past_the_checkpoint_are_dropped(tmp_path):
         for epoch in (1, 2, 3):
             f.write(json.dumps({"epoch": epoch}) + "\n")
         f.write('{"epoch": 4, "secon')  # Cut by a kill.
-    parity.keep_metrics_until(str(tmp_path), 2)
+    rundir.trim_metrics(str(tmp_path / "metrics.jsonl"), 2)
     assert [line["epoch"] for line in parity.read_metrics(str(tmp_path))] == [1, 2]
 
 

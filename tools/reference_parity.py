@@ -62,9 +62,18 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdt_tf import cli, evaluate  # noqa: E402
+from cdt_tf import class_stats, cli, evaluate  # noqa: E402
 from cdt_tf.errors import UserError  # noqa: E402
-from cdt_tf.rundir import CONFIG, METRICS, RESULTS, SUBSET, read_json, write_json  # noqa: E402
+from cdt_tf.rundir import (  # noqa: E402
+    CONFIG,
+    METRICS,
+    RESULTS,
+    SUBSET,
+    read_json,
+    read_metrics,
+    trim_metrics,
+    write_json,
+)
 
 IMAGES = "images.npz"
 CHECKPOINT = "ckpt.pth.tar"
@@ -130,20 +139,11 @@ def read_subset(subset_from: str) -> dict:
         raise UserError(
             f"{path} lists no ids (a source read from files?); the reference needs an image folder run"
         )
-    if subset.get("hash") != subset_hash(ids):
+    if subset.get("hash") != class_stats.subset_hash(ids):
         raise UserError(
             f"{path}'s ids do not match its hash; the file was changed: re-create it from its run"
         )
     return subset
-
-
-def subset_hash(ids) -> str:
-    """SHA-256 of the ids, one per line: the project's fingerprint (cdt_tf.input_pipeline.subset_hash),
-    written out here so that this check imports no TensorFlow."""
-    digest = hashlib.sha256()
-    for example_id in ids:
-        digest.update(f"{example_id}\n".encode())
-    return digest.hexdigest()
 
 
 def decode_images(data_dir: str, ids: list[str], path: str) -> None:
@@ -250,30 +250,6 @@ def check_config(model_dir: str, config: dict) -> None:
                 "use another --model_dir, or the same flags to resume it"
             )
     write_json(path, config)
-
-
-def read_metrics(model_dir: str) -> list[dict]:
-    """The metrics.jsonl lines (a line cut by a kill is skipped)."""
-    path = os.path.join(model_dir, METRICS)
-    lines = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    lines.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return lines
-
-
-def keep_metrics_until(model_dir: str, epoch: int) -> None:
-    """Drops metrics.jsonl lines past `epoch` (written before a kill took their epoch's checkpoint)."""
-    kept = [line for line in read_metrics(model_dir) if line.get("epoch", 0) <= epoch]
-    path = os.path.join(model_dir, METRICS)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in kept)
-    os.replace(temporary, path)
 
 
 def results_record(metrics: list[dict], config: dict, subset: dict, class_names: list[str]) -> dict:
@@ -532,7 +508,7 @@ def run(values: flags.FlagValues) -> None:
             f"{model_dir}/{IMAGES} does not hold the subset's class counts; delete it and start again"
         )
     done = checkpoint_epoch(model_dir, config)
-    keep_metrics_until(model_dir, done)
+    trim_metrics(os.path.join(model_dir, METRICS), done)
     if done < values.epochs:
         print(f"Reference training: epochs {done + 1}-{values.epochs} ({'CDT' if values.gamma else 'ERM'}).")
         train_reference(values, config, images, counts)
