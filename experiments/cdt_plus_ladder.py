@@ -81,7 +81,13 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "CIFAR-10 image folder or TFDS
 _EPOCHS = flags.DEFINE_integer("epochs", 60, "Epochs per rung; the 200-epoch schedule is compressed to it.")
 _VAL_PER_CLASS = flags.DEFINE_integer("val_per_class", 250, "Balanced validation images a class (choices).")
 _PRECISION = flags.DEFINE_string("precision", "mixed_bfloat16", "--precision of every rung.")
-_SEED = flags.DEFINE_integer("seed", 0, "--seed of every rung.")
+_SEEDS = flags.DEFINE_list(
+    "seeds",
+    ["0"],
+    "Seeds of every rung (--seed of cdt_tf.main); seed 0 trains in <runs_dir>/<rung>, seed k in "
+    "<runs_dir>/<rung>_seed<k>. With several, each rung also gets a row of their means, and the best "
+    "cell is chosen on the mean validation top-1 (single 60-epoch runs spread about ±1.5 points).",
+)
 _RUN = flags.DEFINE_bool("run", True, "Train missing rungs; --norun only collects finished ones.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the Markdown table to this file.")
 _PYTHON = flags.DEFINE_string("python", sys.executable, "Python that runs cdt_tf.main.")
@@ -113,7 +119,23 @@ def rung_levers(rung: str) -> list[str]:
     return levers
 
 
-def rung_command(rung: str, run_dir: str) -> list[str]:
+def seeds() -> list[int]:
+    """--seeds as integers; raises app.UsageError naming a bad one."""
+    try:
+        values = [int(seed) for seed in _SEEDS.value]
+    except ValueError:
+        raise app.UsageError(f"--seeds must be integers, got {_SEEDS.value}") from None
+    if not values or len(set(values)) != len(values) or min(values) < 0:
+        raise app.UsageError(f"--seeds must be distinct integers >= 0, got {_SEEDS.value}")
+    return values
+
+
+def rung_dir(runs_dir: str, rung: str, seed: int) -> str:
+    """Seed 0 keeps the ladder's first layout (<rung>); other seeds get <rung>_seed<k>."""
+    return os.path.join(runs_dir, rung if seed == 0 else f"{rung}_seed{seed}")
+
+
+def rung_command(rung: str, run_dir: str, seed: int = 0) -> list[str]:
     """The cdt_tf.main command line of one rung (later flags override the flagfile's)."""
     command = [_PYTHON.value, "-m", "cdt_tf.main", f"--flagfile={BASE_FLAGFILE}", f"--model_dir={run_dir}"]
     if _DATA_DIR.value:
@@ -122,7 +144,7 @@ def rung_command(rung: str, run_dir: str) -> list[str]:
     command += [
         f"--val_per_class={_VAL_PER_CLASS.value}",
         f"--precision={_PRECISION.value}",
-        f"--seed={_SEED.value}",
+        f"--seed={seed}",
     ]
     first_decay = scale_epoch(160, _EPOCHS.value, minimum=1)  # The recipe's first decay, compressed.
     for lever in rung_levers(rung):
@@ -172,36 +194,79 @@ def choices(results, run_dir: str) -> dict[str, tuple]:
 CHOICE_COLUMNS = ("N_c^τ", "LA", "cRT", "cRT+LAS", "cRT+BN", "cRT+LAS+BN")
 
 
-def table_row(rung: str, results, found: dict, seconds=None) -> str:
+def row_values(results, found: dict, seconds=None) -> dict | None:
+    """The numbers of one run's row (None for a run without results): the argmax's validation and
+    test top-1, many/medium/few, each other way to classify as (validation, test, tau), the seconds."""
+    if results is None:
+        return None
+    shots = results.get("many_medium_few", {})
+    return {
+        "validation": found["argmax"][0],
+        "test": found["argmax"][1],
+        **{shot: shots.get(shot) for shot in ("many", "medium", "few")},
+        **{name: found.get(name) for name in CHOICE_COLUMNS},
+        "seconds": seconds or results.get("train_seconds"),  # Every start's epochs, else the last's.
+    }
+
+
+def _mean(values: list):
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def mean_values(rows: list) -> dict | None:
+    """The seeds' mean of every number (a cell missing from any seed stays missing); None until every
+    seed has finished. A choice's tau is shown where every seed chose the same."""
+    if not rows or any(row is None for row in rows):
+        return None
+    mean = {key: _mean([row[key] for row in rows]) for key in rows[0] if key not in CHOICE_COLUMNS}
+    for name in CHOICE_COLUMNS:
+        cells = [row[name] for row in rows]
+        present = all(cell is not None for cell in cells)
+        if present:
+            taus = {cell[2] for cell in cells}
+            tau = taus.pop() if len(taus) == 1 else None
+            mean[name] = (_mean([c[0] for c in cells]), _mean([c[1] for c in cells]), tau)
+        else:
+            mean[name] = None
+    return mean
+
+
+def table_row(rung: str, values: dict | None, label: str | None = None) -> str:
     """One Markdown row: validation first (what chooses), then test, then the other ways to classify."""
     what = " + ".join(LEVERS[lever][0] for lever in rung_levers(rung)) or "CDT γ = 0.3, the paper's recipe"
-    if results is None:
-        return f"| {rung} | {what} | " + " | ".join(["—"] * (6 + len(CHOICE_COLUMNS))) + " |"
-    shots = results.get("many_medium_few", {})
+    label = label or rung
+    if values is None:
+        return f"| {label} | {what} | " + " | ".join(["—"] * (6 + len(CHOICE_COLUMNS))) + " |"
 
     def cell(name: str) -> str:
-        if name not in found:
+        if values[name] is None:
             return "—"
-        validation, test, tau = found[name]
+        validation, test, tau = values[name]
         return f"{_percent(validation)} / {_percent(test)}" + ("" if tau is None else f" (τ {tau:g})")
 
-    seconds = seconds or results.get("train_seconds")  # Every start's epochs, else the last start's.
+    seconds = values["seconds"]
     cells = [
-        _percent(found["argmax"][0]),
-        _percent(found["argmax"][1]),
-        _percent(shots.get("many")),
-        _percent(shots.get("medium")),
-        _percent(shots.get("few")),
+        *(_percent(values[key]) for key in ("validation", "test", "many", "medium", "few")),
         *(cell(name) for name in CHOICE_COLUMNS),
         "—" if seconds is None else f"{seconds / 60:.0f}",
     ]
-    return f"| {rung} | {what} | " + " | ".join(cells) + " |"
+    return f"| {label} | {what} | " + " | ".join(cells) + " |"
+
+
+def best_cells(values: dict | None) -> dict:
+    """Every way to classify of a row that has a validation top-1: name -> (validation, test)."""
+    if values is None:
+        return {}
+    cells = {"argmax": (values["validation"], values["test"])}
+    cells.update({name: values[name][:2] for name in CHOICE_COLUMNS if values[name] is not None})
+    return {name: cell for name, cell in cells.items() if cell[0] is not None}
 
 
 def report(rows: list[str], best, runner: Runner) -> str:
     """The Markdown table of the rungs so far, the best cell on validation and the commands."""
     lines = [
-        f"CDT+ ladder: CIFAR-10-LT ρ = 100, {_EPOCHS.value} epochs, {_PRECISION.value}, seed {_SEED.value}, "
+        f"CDT+ ladder: CIFAR-10-LT ρ = 100, {_EPOCHS.value} epochs, {_PRECISION.value}, "
+        f"seed{'s' if len(seeds()) > 1 else ''} {', '.join(map(str, seeds()))}, "
         f"{_VAL_PER_CLASS.value} validation images a class; {datetime.date.today().isoformat()}, "
         f"{platform.node()} ({os.cpu_count()} CPUs). Top-1 %; the last columns are validation / test.",
         "",
@@ -211,7 +276,7 @@ def report(rows: list[str], best, runner: Runner) -> str:
         "|---" * (8 + len(CHOICE_COLUMNS)) + "|",
         *rows,
         "",
-        "Best on validation: "
+        ("Best on mean validation of the seeds: " if len(seeds()) > 1 else "Best on validation: ")
         + (
             "—"
             if best is None
@@ -240,19 +305,29 @@ def main(argv):
     del argv
     runs_dir = os.path.expanduser(_RUNS_DIR.value)
     for rung in _RUNGS.value:
-        rung_levers(rung)  # Every name is checked before hours of training start.
+        rung_levers(rung)  # Every name and seed is checked before hours of training start.
+    several = len(seeds()) > 1
     runner, rows, best = Runner(_RUN.value), [], None
     for rung in _RUNGS.value:
-        run_dir = os.path.join(runs_dir, rung)
-        results = runner.ensure(rung_command(rung, run_dir), os.path.join(run_dir, "results.json"), rung)
-        if _SECOND_STAGE.value and results is not None:
-            for name, (record_name, stage_command) in stage_two_commands(run_dir).items():
-                runner.ensure(stage_command, os.path.join(run_dir, record_name), f"{rung} {name}")
-        found = choices(results, run_dir)
-        rows.append(table_row(rung, results, found, (training_time(run_dir) or {}).get("epoch_seconds")))
-        for name, (validation, test, _) in found.items():
-            if validation is not None and (best is None or validation > best[2]):
-                best = (rung, name, validation, test)
+        per_seed = []
+        for seed in seeds():
+            run_dir = rung_dir(runs_dir, rung, seed)
+            name = rung if seed == 0 else f"{rung} seed {seed}"
+            results = runner.ensure(
+                rung_command(rung, run_dir, seed), os.path.join(run_dir, "results.json"), name
+            )
+            if _SECOND_STAGE.value and results is not None:
+                for stage, (record_name, stage_command) in stage_two_commands(run_dir).items():
+                    runner.ensure(stage_command, os.path.join(run_dir, record_name), f"{name} {stage}")
+            seconds = (training_time(run_dir) or {}).get("epoch_seconds")
+            per_seed.append(row_values(results, choices(results, run_dir), seconds))
+            if several:
+                rows.append(table_row(rung, per_seed[-1], f"{rung} (seed {seed})"))
+        mean = mean_values(per_seed)
+        rows.append(table_row(rung, mean, f"**{rung} (mean)**" if several else rung))
+        for choice, (validation, test) in best_cells(mean).items():
+            if best is None or validation > best[2]:
+                best = (rung, choice, validation, test)
         write_output(report(rows, best, runner))  # After every rung.
     text = report(rows, best, runner)
     print(text)

@@ -106,6 +106,41 @@ def test_a_finished_rung_is_collected_not_rerun(tmp_path):
     assert "| cdt | CDT γ = 0.3, the paper's recipe | 72.0 | 70.0 |" in result.stdout
 
 
+def test_two_seeds_train_apart_and_the_best_cell_is_chosen_on_their_mean(tmp_path):
+    runs = tmp_path / "runs"
+    # Seed 0 of `cdt` is finished already (the first ladder's layout, <rung>); its validation top-1 is
+    # the best single run of all, but the mean over both seeds ranks `mixup` first.
+    (runs / "cdt").mkdir(parents=True)
+    (runs / "cdt" / "results.json").write_text(json.dumps({"top1": 0.7, "validation": {"top1": 0.95}}))
+    (runs / "cdt_seed1").mkdir(parents=True)
+    (runs / "cdt_seed1" / "results.json").write_text(json.dumps({"top1": 0.6, "validation": {"top1": 0.05}}))
+    result = _ladder(
+        f"--runs_dir={runs}",
+        f"--python={_fake_python(tmp_path)}",
+        "--rungs=cdt,mixup",
+        "--seeds=0,1",
+        "--nosecond_stage",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (runs / "cdt" / "argv.json").exists()  # Finished runs are collected, not re-run.
+    assert "--seed=0" in json.loads((runs / "mixup" / "argv.json").read_text())
+    assert "--seed=1" in json.loads((runs / "mixup_seed1" / "argv.json").read_text())
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("CDT+ ladder:") and "seeds 0, 1," in line for line in lines)
+    mean = next(line for line in lines if line.startswith("| **cdt (mean)** |"))
+    assert "| 50.0 | 65.0 |" in mean  # (95 + 5) / 2 on validation, (70 + 60) / 2 on test.
+    assert next(line for line in lines if line.startswith("| cdt (seed 1) |")).count("| 5.0 | 60.0 |") == 1
+    # The fake's mixup command has 16 arguments: validation 16 %, N_c^τ's sweep best 70 %.
+    assert "Best on mean validation of the seeds: mixup, N_c^τ (70.0; its test top-1 75.0)" in result.stdout
+    # A half-finished rung (one seed of two) has no mean row numbers and cannot be chosen.
+    result = _ladder(f"--runs_dir={runs}", "--rungs=cdt,mixup", "--seeds=0,2", "--norun")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Best on mean validation of the seeds: —" in result.stdout
+    assert "| **cdt (mean)** | CDT γ = 0.3, the paper's recipe | — |" in result.stdout
+    bad = _ladder(f"--runs_dir={runs}", "--rungs=cdt", "--seeds=0,x")
+    assert bad.returncode != 0 and "--seeds must be integers" in bad.stderr
+
+
 def test_norun_collects_only_and_an_unknown_lever_is_refused_before_any_run(tmp_path):
     result = _ladder(f"--runs_dir={tmp_path}", "--rungs=cdt", "--norun")
     assert result.returncode == 0 and "Best on validation: —" in result.stdout
