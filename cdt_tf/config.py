@@ -53,6 +53,7 @@ class Config:
     ldam_max_margin: float = 0.5
     ldam_scale: float = 30.0
     la_tau: float = 1.0
+    prior_tau: float = 0.0
     drw_epoch: int = 0
     class_weight_reduction: str = "weights"
     sampler: str = "instance"
@@ -253,6 +254,10 @@ class Config:
             (0 <= self.cb_beta < 1, f"--cb_beta must be in [0, 1), got {self.cb_beta}"),
             (self.ldam_max_margin >= 0, f"--ldam_max_margin must be >= 0, got {self.ldam_max_margin}"),
             (self.ldam_scale > 0, f"--ldam_scale must be > 0, got {self.ldam_scale}"),
+            (
+                self.prior_tau >= 0,
+                f"--prior_tau must be >= 0 (0: off; 1 on ce is Balanced Softmax), got {self.prior_tau}",
+            ),
         ]
         ties = [
             (

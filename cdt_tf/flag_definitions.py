@@ -163,6 +163,13 @@ def _define_model_and_objective_flags(define: dict) -> None:
         "gamma: the paper's iNaturalist recipe); linear (0 at epoch 0 rising to gamma at --gamma_epoch).",
     )
     define["integer"]("gamma_epoch", 0, "0-based epoch of --gamma_schedule's switch or end of ramp.")
+    define["float"](
+        "prior_tau",
+        0.0,
+        "Every --loss: add tau * log pi_c (pi_c = N_c / N, the training prior) to the training logits, "
+        "after cdt's temperatures (z_c / a_c + tau log pi_c): Menon et al.'s logit-adjusted loss; 1 with "
+        "ce is Balanced Softmax. Prediction stays the argmax of the plain logits. >= 0; 0: off.",
+    )
     define["float"]("focal_gamma", 1.0, "focal: the focusing exponent of (1 - p_y)^focal_gamma.")
     define["enum"](
         "cb_loss", "softmax", ("softmax", "focal"), "cb: weight softmax cross-entropy or the focal loss."

@@ -42,16 +42,19 @@ from cdt_tf.schedules import WarmupStepDecay
 
 
 def build_loss(config: Config, class_counts) -> keras.losses.Loss:
-    """The --loss objective. With DRW its class weights start at 1 (see `loss_schedules`)."""
-    common = {"weight_reduction": config.class_weight_reduction}
+    """The --loss objective. With DRW its class weights start at 1 (see `loss_schedules`).
+
+    Every loss takes --prior_tau (the training logits get tau * log pi_c added; `loss_base`).
+    """
+    common = {"weight_reduction": config.class_weight_reduction, "prior_tau": config.prior_tau}
     if config.drw_epoch:
         common["class_weights"] = [1.0] * len(class_counts)
     return LOSS_BUILDERS[config.loss](config, class_counts, common)
 
 
 def _cross_entropy(config: Config, class_counts, common: dict) -> keras.losses.Loss:
-    # Keras' sparse CE takes no soft labels: with MixUp/CutMix, the equal WeightedCrossEntropy (weights 1).
-    if not config.drw_epoch and not config.mixes_batches:
+    # Keras' sparse CE takes no soft labels nor prior: else the equal WeightedCrossEntropy (weights 1).
+    if not config.drw_epoch and not config.mixes_batches and not config.prior_tau:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return losses.WeightedCrossEntropy(class_counts, **common)
 
