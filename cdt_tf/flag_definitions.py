@@ -114,6 +114,19 @@ def _define_data_flags(define: dict) -> None:
         "MixUp/CutMix in epochs 1..N only; the later epochs train on unmixed batches (Bag of Tricks' "
         "fine-tuning after mixup). 0: every epoch.",
     )
+    define["enum"](
+        "mix_schedule",
+        "step",
+        catalog.MIX_SCHEDULES,
+        "How mixing ends at --mix_until_epoch: step (--mix_prob until then, 0 after); ramp (--mix_prob "
+        "until the 0-based epoch --mix_ramp_start, then linearly down to 0 at --mix_until_epoch: a "
+        "mixup-to-plain ramp).",
+    )
+    define["integer"](
+        "mix_ramp_start",
+        0,
+        "--mix_schedule=ramp: 0-based epoch from which the mixing probability falls; < --mix_until_epoch.",
+    )
 
 
 def _define_model_and_objective_flags(define: dict) -> None:
