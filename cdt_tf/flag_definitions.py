@@ -1,7 +1,8 @@
-"""Every flag of `python -m cdt_tf.main`, defined once, here, topic by topic: one function per topic
-(data, model and objective, post-hoc, optimisation, run, hardware), so that adding a flag touches one
-group. `config.Config` turns the parsed flags into the frozen, validated run configuration (its
-checks follow the same topics); `config.define_flags` is the public name of `define_flags`.
+"""Every flag of `python -m cdt_tf.main`, defined once, here, topic by topic: a function per topic
+(data, model and objective, post-hoc, optimisation, run, hardware; data and model-and-objective in two
+parts each, so no function grows past a screen), so that adding a flag touches one group.
+`config.Config` turns the parsed flags into the frozen, validated run configuration (its checks follow
+the same topics); `config.define_flags` is the public name of `define_flags`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def _define_data_flags(define: dict) -> None:
-    """Data: the dataset, its imbalanced subset, augmentation."""
+    """Data: the dataset, its imbalanced subset, per-image augmentation (mixing follows)."""
     define["enum"]("dataset", None, catalog.DATASETS, "Dataset to train on.")
     define["string"](
         "data_dir",
@@ -92,6 +93,10 @@ def _define_data_flags(define: dict) -> None:
         "Cutout: side of a square zeroed at a random position of each training image (after RandAugment), "
         "clipped at the borders. The CIFAR standard is 16. 0: off.",
     )
+
+
+def _define_mixing_flags(define: dict) -> None:
+    """Data, continued: MixUp/CutMix per training batch and how mixing ends (under the Data heading)."""
     define["float"](
         "mixup_alpha",
         0.0,
@@ -129,8 +134,8 @@ def _define_data_flags(define: dict) -> None:
     )
 
 
-def _define_model_and_objective_flags(define: dict) -> None:
-    """Model and objective: the network, the loss and its schedules."""
+def _define_model_flags(define: dict) -> None:
+    """Model and objective: the network and its last layer (the objective follows)."""
     define["enum"](
         "model",
         "auto",
@@ -154,6 +159,10 @@ def _define_model_and_objective_flags(define: dict) -> None:
         "'same' (0 before, 1 after on even sizes; one pixel off the shortcut), which runs started before "
         "this flag used and keep.",
     )
+
+
+def _define_objective_flags(define: dict) -> None:
+    """Model and objective, continued: the loss, its schedules, class weights and the sampler."""
     define["enum"](
         "loss",
         "ce",
@@ -335,7 +344,9 @@ def _define_hardware_flags(define: dict) -> None:
 # define_flags calls these in this order: the order of HELP_TOPICS, and of --help.
 FLAG_TOPICS = (
     _define_data_flags,
-    _define_model_and_objective_flags,
+    _define_mixing_flags,
+    _define_model_flags,
+    _define_objective_flags,
     _define_post_hoc_flags,
     _define_optimisation_flags,
     _define_run_flags,
