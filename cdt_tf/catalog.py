@@ -24,6 +24,9 @@ CLASSIFIERS = ("linear", "cosine")
 LOSSES = ("ce", "cdt", "reweight", "focal", "cb", "ldam", "la")
 WEIGHT_REDUCTIONS = ("weights", "batch_size")
 GAMMA_SCHEDULES = ("constant", "step", "linear")
+# How the MixUp/CutMix probability ends (--mix_schedule; schedules.mix_prob_at): step (off from
+# --mix_until_epoch on) or ramp (down linearly from --mix_ramp_start to 0 at --mix_until_epoch).
+MIX_SCHEDULES = ("step", "ramp")
 # Learning-rate schedules (cdt_tf.schedules): step (warm-up, then x multiplier at each decay epoch; the
 # paper's recipe) or cosine (warm-up, then cosine decay to 0 at the last step).
 LR_SCHEDULES = ("step", "cosine")

@@ -40,6 +40,8 @@ class Config:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
     mix_until_epoch: int = 0
+    mix_schedule: str = "step"
+    mix_ramp_start: int = 0
     model: str = "auto"
     classifier: str = "auto"
     conv_padding: str = "symmetric"
@@ -53,6 +55,7 @@ class Config:
     ldam_max_margin: float = 0.5
     ldam_scale: float = 30.0
     la_tau: float = 1.0
+    prior_tau: float = 0.0
     drw_epoch: int = 0
     class_weight_reduction: str = "weights"
     sampler: str = "instance"
@@ -203,6 +206,7 @@ class Config:
                 ("bad_images", self.bad_images, catalog.BAD_IMAGES),
                 ("lr_schedule", self.lr_schedule, catalog.LR_SCHEDULES),
                 ("second_stage", self.second_stage, ("none",) + catalog.SECOND_STAGES),
+                ("mix_schedule", self.mix_schedule, catalog.MIX_SCHEDULES),
             )
         ]
 
@@ -239,12 +243,31 @@ class Config:
                 not self.mix_until_epoch or self.mixup_alpha > 0 or self.cutmix_alpha > 0,
                 "--mix_until_epoch needs --mixup_alpha or --cutmix_alpha > 0",
             ),
+            *self._mix_ramp_checks(),
             (
                 self.dataset != "image_folder" or bool(self.data_dir),
                 "--dataset=image_folder needs --data_dir=<folder with train/<class>/ and test/<class>/>",
             ),
         ]
         return own, ties
+
+    def _mix_ramp_checks(self):
+        ramp = self.mix_schedule == "ramp"
+        return [
+            (
+                ramp or self.mix_ramp_start == 0,
+                "--mix_ramp_start only applies with --mix_schedule=ramp; drop it or add that",
+            ),
+            (
+                not ramp or self.mixes_batches,
+                "--mix_schedule=ramp ramps MixUp/CutMix down: it needs --mixup_alpha or --cutmix_alpha > 0",
+            ),
+            (
+                not ramp or self.mix_until_epoch > self.mix_ramp_start >= 0,
+                f"--mix_schedule=ramp needs --mix_until_epoch > --mix_ramp_start >= 0, got "
+                f"--mix_until_epoch={self.mix_until_epoch} --mix_ramp_start={self.mix_ramp_start}",
+            ),
+        ]
 
     def _objective_checks(self):
         own = [
@@ -253,6 +276,10 @@ class Config:
             (0 <= self.cb_beta < 1, f"--cb_beta must be in [0, 1), got {self.cb_beta}"),
             (self.ldam_max_margin >= 0, f"--ldam_max_margin must be >= 0, got {self.ldam_max_margin}"),
             (self.ldam_scale > 0, f"--ldam_scale must be > 0, got {self.ldam_scale}"),
+            (
+                self.prior_tau >= 0,
+                f"--prior_tau must be >= 0 (0: off; 1 on ce is Balanced Softmax), got {self.prior_tau}",
+            ),
         ]
         ties = [
             (

@@ -1,7 +1,8 @@
-"""Every flag of `python -m cdt_tf.main`, defined once, here, topic by topic: one function per topic
-(data, model and objective, post-hoc, optimisation, run, hardware), so that adding a flag touches one
-group. `config.Config` turns the parsed flags into the frozen, validated run configuration (its
-checks follow the same topics); `config.define_flags` is the public name of `define_flags`.
+"""Every flag of `python -m cdt_tf.main`, defined once, here, topic by topic: a function per topic
+(data, model and objective, post-hoc, optimisation, run, hardware; data and model-and-objective in two
+parts each, so no function grows past a screen), so that adding a flag touches one group.
+`config.Config` turns the parsed flags into the frozen, validated run configuration (its checks follow
+the same topics); `config.define_flags` is the public name of `define_flags`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def _define_data_flags(define: dict) -> None:
-    """Data: the dataset, its imbalanced subset, augmentation."""
+    """Data: the dataset, its imbalanced subset, per-image augmentation (mixing follows)."""
     define["enum"]("dataset", None, catalog.DATASETS, "Dataset to train on.")
     define["string"](
         "data_dir",
@@ -92,6 +93,10 @@ def _define_data_flags(define: dict) -> None:
         "Cutout: side of a square zeroed at a random position of each training image (after RandAugment), "
         "clipped at the borders. The CIFAR standard is 16. 0: off.",
     )
+
+
+def _define_mixing_flags(define: dict) -> None:
+    """Data, continued: MixUp/CutMix per training batch and how mixing ends (under the Data heading)."""
     define["float"](
         "mixup_alpha",
         0.0,
@@ -114,10 +119,23 @@ def _define_data_flags(define: dict) -> None:
         "MixUp/CutMix in epochs 1..N only; the later epochs train on unmixed batches (Bag of Tricks' "
         "fine-tuning after mixup). 0: every epoch.",
     )
+    define["enum"](
+        "mix_schedule",
+        "step",
+        catalog.MIX_SCHEDULES,
+        "How mixing ends at --mix_until_epoch: step (--mix_prob until then, 0 after); ramp (--mix_prob "
+        "until the 0-based epoch --mix_ramp_start, then linearly down to 0 at --mix_until_epoch: a "
+        "mixup-to-plain ramp).",
+    )
+    define["integer"](
+        "mix_ramp_start",
+        0,
+        "--mix_schedule=ramp: 0-based epoch from which the mixing probability falls; < --mix_until_epoch.",
+    )
 
 
-def _define_model_and_objective_flags(define: dict) -> None:
-    """Model and objective: the network, the loss and its schedules."""
+def _define_model_flags(define: dict) -> None:
+    """Model and objective: the network and its last layer (the objective follows)."""
     define["enum"](
         "model",
         "auto",
@@ -141,6 +159,10 @@ def _define_model_and_objective_flags(define: dict) -> None:
         "'same' (0 before, 1 after on even sizes; one pixel off the shortcut), which runs started before "
         "this flag used and keep.",
     )
+
+
+def _define_objective_flags(define: dict) -> None:
+    """Model and objective, continued: the loss, its schedules, class weights and the sampler."""
     define["enum"](
         "loss",
         "ce",
@@ -163,6 +185,13 @@ def _define_model_and_objective_flags(define: dict) -> None:
         "gamma: the paper's iNaturalist recipe); linear (0 at epoch 0 rising to gamma at --gamma_epoch).",
     )
     define["integer"]("gamma_epoch", 0, "0-based epoch of --gamma_schedule's switch or end of ramp.")
+    define["float"](
+        "prior_tau",
+        0.0,
+        "Every --loss: add tau * log pi_c (pi_c = N_c / N, the training prior) to the training logits, "
+        "after cdt's temperatures (z_c / a_c + tau log pi_c): Menon et al.'s logit-adjusted loss; 1 with "
+        "ce is Balanced Softmax. Prediction stays the argmax of the plain logits. >= 0; 0: off.",
+    )
     define["float"]("focal_gamma", 1.0, "focal: the focusing exponent of (1 - p_y)^focal_gamma.")
     define["enum"](
         "cb_loss", "softmax", ("softmax", "focal"), "cb: weight softmax cross-entropy or the focal loss."
@@ -315,7 +344,9 @@ def _define_hardware_flags(define: dict) -> None:
 # define_flags calls these in this order: the order of HELP_TOPICS, and of --help.
 FLAG_TOPICS = (
     _define_data_flags,
-    _define_model_and_objective_flags,
+    _define_mixing_flags,
+    _define_model_flags,
+    _define_objective_flags,
     _define_post_hoc_flags,
     _define_optimisation_flags,
     _define_run_flags,

@@ -1,34 +1,9 @@
 """Training objectives for class-imbalanced data, each a registered, serialisable Keras loss.
 
-Every loss takes `class_counts` (N_c, training images per class) and returns per-example
-values that Keras reduces ("sum_over_batch_size": the batch mean, times any sample_weight).
-
-Class weights. Every loss here holds a non-trainable `class_weights` variable [C] (all ones
-unless given) so that a callback can switch them on during training (deferred re-weighting,
-DRW). How a weighted batch is reduced is `weight_reduction`:
-
-  "weights"     L = sum_n w_{y_n} l_n / sum_n w_{y_n}  (PyTorch's F.cross_entropy(weight=...),
-                the reference code of LDAM-DRW that the paper's CIFAR baselines come from);
-  "batch_size"  L = sum_n w_{y_n} l_n / B              (Keras's class_weight convention).
-
-With all-ones weights both are the plain batch mean. Class weights are normalised to average
-1 over classes (sum C), which only changes the loss's scale under "batch_size".
-
-Labels. Every loss takes either sparse labels y (int [B], or [B, 1]) or soft labels q (float
-[B, C] probability vectors, e.g. from MixUp/CutMix: q = lam e_a + (1 - lam) e_b). A soft label
-gives the mixed loss of the mixup reference codes (lam L(a) + (1 - lam) L(b)), generalised to any q:
-
-  l_n = sum_c q_nc l_n(c),   l_n(c) = the loss of the example with the hard label c,
-
-which for softmax cross-entropy (plain, CDT, logit-adjusted) is the cross-entropy against q,
--sum_c q_c log softmax(.)_c; for focal losses sum_c q_c (1 - p_c)^gamma (-log p_c); for LDAM each
-target c gets its own margin m_c (the margin is applied to both mixed targets, each term weighted
-by q_c; see `LDAMLoss`). A one-hot q gives the sparse label's loss. The class weight of a soft
-label is w_n = sum_c q_nc w_c (the label-weighted mean of the class weights), so a one-hot q gets
-w_y, and "weights" reduces by sum_n w_n l_n / sum_n w_n as before. (The mixed loss of PyTorch's
-weighted cross-entropy would instead reduce each target separately; w_n keeps one weight per
-example, so sample weights and both reductions apply unchanged.) Which kind a batch holds is read
-from the labels' static shape: rank 2 with C > 1 columns is soft.
+Every loss here is a `loss_base.ClassWeightedLoss`: it takes `class_counts` (N_c, training images
+per class), optional class weights (deferred re-weighting), sparse or soft (MixUp/CutMix) labels and a
+`prior_tau` (the prior adjustment z -> t(z) + tau log pi, Menon et al. 2021), as `cdt_tf.loss_base`'s
+docstring gives in full, and returns per-example values that Keras reduces.
 """
 
 from __future__ import annotations
@@ -38,22 +13,19 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from cdt_tf import catalog, class_stats
+from cdt_tf import class_stats
 
+# Re-exported: callers and saved code name them as losses.*.
+from cdt_tf.loss_base import (  # noqa: F401
+    WEIGHT_REDUCTIONS,
+    ClassWeightedLoss,
+    counts_tensor,
+    is_soft_labels,
+    soft_cross_entropy,
+)
 
-def is_soft_labels(y_true, num_classes: int) -> bool:
-    """Whether y_true holds soft labels [B, C] (probability vectors) rather than sparse ones [B] / [B, 1].
-
-    Read from the static shape, so one traced step handles one kind: rank 2 with num_classes > 1
-    columns is soft.
-    """
-    shape = tuple(y_true.shape)
-    return len(shape) == 2 and num_classes > 1 and shape[-1] == num_classes
-
-
-def soft_cross_entropy(targets, logits):
-    """-sum_c q_c log softmax(z)_c per example: float32 [B] for targets q [B, C] and logits z [B, C]."""
-    return ops.categorical_crossentropy(ops.cast(targets, "float32"), logits, from_logits=True)
+# Stands for -inf where a logit is left out of a sum (exp gives 0 and gradients stay finite).
+_VERY_NEGATIVE = -1e30
 
 
 def cdt_cross_entropy(labels, logits, temperatures):
@@ -77,87 +49,6 @@ def cdt_cross_entropy(labels, logits, temperatures):
     return ops.sparse_categorical_crossentropy(
         ops.cast(ops.reshape(labels, (-1,)), "int32"), scaled, from_logits=True
     )
-
-
-WEIGHT_REDUCTIONS = catalog.WEIGHT_REDUCTIONS
-# Stands for -inf where a logit is left out of a sum (exp gives 0 and gradients stay finite).
-_VERY_NEGATIVE = -1e30
-
-
-def _labels(y_true):
-    return ops.cast(ops.reshape(y_true, (-1,)), "int32")
-
-
-def _counts_tensor(class_counts):
-    return ops.convert_to_tensor([float(c) for c in class_counts], dtype="float32")
-
-
-class ClassWeightedLoss(keras.losses.Loss):
-    """Base of the losses here: per-example loss l_n times w_{y_n}, reduced as `weight_reduction` says.
-
-    Subclasses implement `unweighted(labels, logits) -> [B]` for sparse labels and
-    `unweighted_soft(targets, logits) -> [B]` for soft labels [B, C] (module docstring), and may
-    override `class_weight_vector()`.
-    """
-
-    def __init__(
-        self,
-        class_counts: Sequence[int],
-        class_weights: Sequence[float] | None = None,
-        weight_reduction: str = "weights",
-        reduction: str = "sum_over_batch_size",
-        name: str | None = None,
-        **kwargs,
-    ):
-        super().__init__(name=name, reduction=reduction, **kwargs)
-        class_stats.class_temperatures(class_counts, 0.0)  # Validates the counts.
-        if weight_reduction not in WEIGHT_REDUCTIONS:
-            raise ValueError(f"weight_reduction must be one of {WEIGHT_REDUCTIONS}, got {weight_reduction!r}")
-        self.class_counts = [int(c) for c in class_counts]
-        self.weight_reduction = weight_reduction
-        weights = (
-            [1.0] * len(self.class_counts) if class_weights is None else [float(w) for w in class_weights]
-        )
-        if len(weights) != len(self.class_counts) or min(weights) < 0:
-            raise ValueError(
-                f"class_weights must be {len(self.class_counts)} non-negative numbers, got {class_weights!r}"
-            )
-        self.class_weights = keras.Variable(weights, dtype="float32", trainable=False, name="class_weights")
-
-    def unweighted(self, labels, logits):
-        """Per-example loss [B] of sparse labels int32 [B] and float32 logits [B, C]."""
-        raise NotImplementedError
-
-    def unweighted_soft(self, targets, logits):
-        """Per-example loss [B] of soft labels float32 [B, C]: sum_c q_c l(c) (module docstring)."""
-        raise NotImplementedError
-
-    def class_weight_vector(self):
-        """The weights w_c [C] in force now (float32)."""
-        return ops.convert_to_tensor(self.class_weights)
-
-    def call(self, y_true, y_pred):
-        logits = ops.cast(y_pred, "float32")
-        if is_soft_labels(y_true, len(self.class_counts)):
-            targets = ops.cast(y_true, "float32")
-            losses = self.unweighted_soft(targets, logits)
-            weights = ops.sum(targets * self.class_weight_vector(), axis=-1)  # w_n = sum_c q_nc w_c.
-        else:
-            labels = _labels(y_true)
-            losses = self.unweighted(labels, logits)
-            weights = ops.take(self.class_weight_vector(), labels)
-        if self.weight_reduction == "weights":
-            # sum(w l) / sum(w) after Keras's batch mean; a batch with all-zero weights gives 0.
-            weights = weights / ops.maximum(ops.mean(weights), 1e-12)
-        return losses * weights
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "class_counts": self.class_counts,
-            "class_weights": [float(w) for w in ops.convert_to_numpy(self.class_weights)],
-            "weight_reduction": self.weight_reduction,
-        }
 
 
 @keras.saving.register_keras_serializable(package="cdt_tf")
@@ -189,7 +80,8 @@ class CDTLoss(ClassWeightedLoss):
     up by a_c to compensate for the feature deviation they will suffer at test time.
     Predict with the plain argmax of the undivided logits. gamma = 0 is exactly
     sparse softmax cross-entropy. Soft labels q [B, C] (MixUp/CutMix) give the
-    cross-entropy against q: L = -sum_c q_c log softmax(z / a)_c.
+    cross-entropy against q: L = -sum_c q_c log softmax(z / a)_c. With `prior_tau` (module
+    docstring) the softmax takes z_c / a_c + tau * log pi_c: temperatures and prior combine.
 
     gamma lives in a non-trainable `keras.Variable` (`loss.gamma`) so a callback can
     `assign` it during training (for example 0 for the first half of training).
@@ -197,17 +89,17 @@ class CDTLoss(ClassWeightedLoss):
     Args:
       class_counts: N_c, training images per class, [C].
       gamma: the exponent, >= 0.
-      class_weights, weight_reduction, reduction, name: as for `ClassWeightedLoss`.
+      class_weights, weight_reduction, prior_tau, reduction, name: as for `ClassWeightedLoss`.
 
     Example:
-      model.compile(optimizer="sgd", loss=CDTLoss([5000, 500, 50], gamma=0.3),
+      model.compile(optimizer="sgd", loss=CDTLoss([5000, 500, 50], gamma=0.3, prior_tau=1.0),
                     metrics=["sparse_categorical_accuracy"])
     """
 
     def __init__(self, class_counts: Sequence[int], gamma: float = 0.0, name: str = "cdt_loss", **kwargs):
         super().__init__(class_counts, name=name, **kwargs)
         class_stats.class_temperatures(class_counts, gamma)  # Validates gamma.
-        counts = _counts_tensor(self.class_counts)
+        counts = counts_tensor(self.class_counts)
         self._size_ratios = ops.max(counts) / counts
         self.gamma = keras.Variable(float(gamma), dtype="float32", trainable=False, name="gamma")
 
@@ -215,11 +107,15 @@ class CDTLoss(ClassWeightedLoss):
         """a_c = (N_max / N_c)^gamma for the current gamma, float32 [C]."""
         return ops.power(self._size_ratios, self.gamma)
 
+    def transform_logits(self, logits):
+        # z / a here, so that a prior_tau adds tau * log pi to the divided logits (z_c / a_c + tau log pi_c).
+        return logits / self.temperatures()
+
     def unweighted(self, labels, logits):
-        return cdt_cross_entropy(labels, logits, self.temperatures())
+        return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
     def unweighted_soft(self, targets, logits):
-        return soft_cross_entropy(targets, logits / self.temperatures())
+        return soft_cross_entropy(targets, logits)
 
     def get_config(self):
         return {**super().get_config(), "gamma": float(ops.convert_to_numpy(self.gamma))}
@@ -245,7 +141,7 @@ class ReweightedCrossEntropy(ClassWeightedLoss):
     ):
         super().__init__(class_counts, name=name, **kwargs)
         class_stats.reweighting_weights(class_counts, gamma)  # Validates gamma.
-        self._log_counts = ops.log(_counts_tensor(self.class_counts))
+        self._log_counts = ops.log(counts_tensor(self.class_counts))
         self.gamma = keras.Variable(float(gamma), dtype="float32", trainable=False, name="gamma")
 
     def class_weight_vector(self):
@@ -338,6 +234,7 @@ class LDAMLoss(ClassWeightedLoss):
     z are the decision values of a normalised (cosine) classifier, in [-1, 1], so the scale
     s (30) sets the softmax's sharpness; the margin is subtracted from the true class only.
     Prediction is the plain argmax of z. With DRW, the class weights switch on late in training.
+    With `prior_tau` the softmax takes s (z - m_y e_y) + tau * log pi: the prior after the scale.
 
     Soft labels q [B, C] (MixUp/CutMix) give the mixed loss of the mixup reference codes,
     lam L(z, a) + (1 - lam) L(z, b), generalised: L = w_q * sum_c q_c l(c), where l(c) =
@@ -363,16 +260,21 @@ class LDAMLoss(ClassWeightedLoss):
             class_stats.ldam_margins(self.class_counts, max_margin).astype("float32")
         )
 
+    def transform_logits(self, logits):
+        # s z here, so that a prior_tau adds tau * log pi to the softmax's input, not to the cosine.
+        return self.scale * logits
+
     def unweighted(self, labels, logits):
         num_classes = len(self.class_counts)
         margins = ops.one_hot(labels, num_classes) * ops.take(self._margins, labels)[:, None]
-        return ops.sparse_categorical_crossentropy(labels, self.scale * (logits - margins), from_logits=True)
+        return ops.sparse_categorical_crossentropy(labels, logits - self.scale * margins, from_logits=True)
 
     def unweighted_soft(self, targets, logits):
         # l(c) = softplus(r_c - s (z_c - m_c)), r_c = logsumexp_{k != c} s z_k: the loss with target c.
         # r_c is shifted by the largest other logit so that nothing large is ever subtracted (one-hot
         # labels then give the sparse loss to float32 precision): the top class's by the second largest.
-        scaled = self.scale * logits
+        # logits are the training logits, s z (+ tau log pi with a prior_tau).
+        scaled = logits
         is_top = ops.one_hot(ops.argmax(scaled, axis=-1), len(self.class_counts)) > 0
         first = ops.max(scaled, axis=-1, keepdims=True)
         shifted = ops.exp(scaled - first)  # The top class's term is 1: the others' sums stay >= 1.
@@ -395,6 +297,7 @@ class LogitAdjustedLoss(ClassWeightedLoss):
 
     pi_c = N_c / sum_k N_k is the training label prior. Predict with the plain argmax of z.
     Soft labels q: the cross-entropy against q, -sum_c q_c log softmax(z + tau * log pi)_c.
+    A `prior_tau` (every loss's prior adjustment) adds to tau: (tau + prior_tau) * log pi.
     """
 
     def __init__(
@@ -406,11 +309,14 @@ class LogitAdjustedLoss(ClassWeightedLoss):
             (self.tau * class_stats.log_prior(self.class_counts)).astype("float32")
         )
 
+    def transform_logits(self, logits):
+        return logits + self._adjustment
+
     def unweighted(self, labels, logits):
-        return ops.sparse_categorical_crossentropy(labels, logits + self._adjustment, from_logits=True)
+        return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
     def unweighted_soft(self, targets, logits):
-        return soft_cross_entropy(targets, logits + self._adjustment)
+        return soft_cross_entropy(targets, logits)
 
     def get_config(self):
         return {**super().get_config(), "tau": self.tau}

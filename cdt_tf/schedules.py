@@ -1,4 +1,5 @@
-"""Learning-rate schedules (warm-up + step decays, the paper's; warm-up + cosine), gamma and DRW schedules."""
+"""Learning-rate schedules (warm-up + step decays, the paper's; warm-up + cosine), gamma, DRW and mixing
+schedules."""
 
 from __future__ import annotations
 
@@ -154,3 +155,25 @@ def deferred_weights_at(epoch: int, weights: Sequence[float], drw_epoch: int) ->
     if drw_epoch > 0 and epoch < drw_epoch:
         return [1.0] * len(weights)
     return [float(w) for w in weights]
+
+
+def mix_prob_at(
+    epoch: int, mix_prob: float, schedule: str = "step", until_epoch: int = 0, ramp_start: int = 0
+) -> float:
+    """The MixUp/CutMix probability in force during 0-based `epoch` under a --mix_schedule.
+
+    step: mix_prob before until_epoch, 0 from it on (Bag of Tricks' fine-tuning after mixup);
+    until_epoch 0 mixes every epoch. ramp: from mix_prob to plain batches linearly,
+
+      p(e) = mix_prob * clip((until_epoch - e) / (until_epoch - ramp_start), 0, 1),
+
+    so mix_prob up to ramp_start, mix_prob * (until_epoch - e) / (until_epoch - ramp_start) in
+    between, 0 from until_epoch on (needs until_epoch > ramp_start >= 0).
+    """
+    if schedule == "step":
+        return float(mix_prob) if not until_epoch or epoch < until_epoch else 0.0
+    if schedule != "ramp":
+        raise ValueError(f"unknown mix schedule {schedule!r}; use step or ramp")
+    if not until_epoch > ramp_start >= 0:
+        raise ValueError(f"a mix ramp needs until_epoch > ramp_start >= 0, got {until_epoch}, {ramp_start}")
+    return float(mix_prob) * min(1.0, max(0.0, (until_epoch - epoch) / (until_epoch - ramp_start)))

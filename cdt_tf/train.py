@@ -42,16 +42,19 @@ from cdt_tf.schedules import WarmupStepDecay
 
 
 def build_loss(config: Config, class_counts) -> keras.losses.Loss:
-    """The --loss objective. With DRW its class weights start at 1 (see `loss_schedules`)."""
-    common = {"weight_reduction": config.class_weight_reduction}
+    """The --loss objective. With DRW its class weights start at 1 (see `loss_schedules`).
+
+    Every loss takes --prior_tau (the training logits get tau * log pi_c added; `loss_base`).
+    """
+    common = {"weight_reduction": config.class_weight_reduction, "prior_tau": config.prior_tau}
     if config.drw_epoch:
         common["class_weights"] = [1.0] * len(class_counts)
     return LOSS_BUILDERS[config.loss](config, class_counts, common)
 
 
 def _cross_entropy(config: Config, class_counts, common: dict) -> keras.losses.Loss:
-    # Keras' sparse CE takes no soft labels: with MixUp/CutMix, the equal WeightedCrossEntropy (weights 1).
-    if not config.drw_epoch and not config.mixes_batches:
+    # Keras' sparse CE takes no soft labels nor prior: else the equal WeightedCrossEntropy (weights 1).
+    if not config.drw_epoch and not config.mixes_batches and not config.prior_tau:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return losses.WeightedCrossEntropy(class_counts, **common)
 
@@ -319,6 +322,18 @@ def training_metrics(num_classes: int, soft_labels: bool) -> list[keras.metrics.
     return metrics + ([top5] if num_classes > 5 else [])
 
 
+def mix_schedule(config: Config, mix_prob) -> VariableSchedule:
+    """The callback that sets the pipeline's mixing probability (a tf.Variable it reads per batch) at
+    each epoch's start: --mix_schedule's `schedules.mix_prob_at`, logged as metrics.jsonl's mix_prob."""
+    return VariableSchedule(
+        mix_prob,
+        lambda epoch: schedules.mix_prob_at(
+            epoch, config.mix_prob, config.mix_schedule, config.mix_until_epoch, config.mix_ramp_start
+        ),
+        log_name="mix_prob",
+    )
+
+
 def build_callbacks(
     config: Config, data: run_data.RunData, test_data, loss, steps_per_epoch: int, mix_prob=None
 ) -> tuple[list[keras.callbacks.Callback], StopOnNaN, PerClassEvaluation]:
@@ -341,10 +356,7 @@ def build_callbacks(
     )
     scheduled = loss_schedules(config, loss, data.class_counts)
     if mix_prob is not None:
-        until, prob = config.mix_until_epoch, config.mix_prob
-        scheduled.append(
-            VariableSchedule(mix_prob, lambda epoch: prob if epoch < until else 0.0, log_name="mix_prob")
-        )
+        scheduled.append(mix_schedule(config, mix_prob))
     callbacks = [
         *scheduled,  # First: later callbacks log the values they set.
         stop_on_nan,
@@ -394,7 +406,7 @@ def fit(
     """Builds, compiles and trains the model; returns it (None on a multi_worker non-chief) and the
     final epoch's test pass when the per-class evaluation made one (else None)."""
     mix_prob = None
-    if config.mix_until_epoch:  # The pipeline reads it per batch; a callback zeroes it after that epoch.
+    if config.mix_until_epoch:  # The pipeline reads it per batch; a callback lowers it (--mix_schedule).
         mix_prob = tf.Variable(config.mix_prob, trainable=False, dtype=tf.float32, name="mix_prob")
     train_data = data.train_dataset(config, mix_prob)
     steps_per_epoch = config.steps_per_epoch or data.size("train") // config.batch_size

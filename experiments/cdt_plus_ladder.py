@@ -53,11 +53,20 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "no mixing from the first LR decay on (with mixup or cutmix: fine-tuning after mixup)",
         ("--mix_until_epoch={first_decay}",),
     ),
+    "mixramp": (
+        "mixing ramped down linearly from half-way to the first LR decay to none at it (with mixup or "
+        "cutmix: mixup-to-plain)",
+        ("--mix_schedule=ramp", "--mix_ramp_start={half_first_decay}", "--mix_until_epoch={first_decay}"),
+    ),
+    "prior": (
+        "logit adjustment in the loss, τ = 1: softmax of z_c / a_c + log π_c (CDT with Balanced Softmax)",
+        ("--prior_tau=1.0",),
+    ),
     "gamma0.5": ("gamma 0.5 (from 0.3)", ("--gamma=0.5",)),
     "gamma0.2": ("gamma 0.2 (from 0.3)", ("--gamma=0.2",)),
 }
-# The ladder as it was run (BENCHMARKS.md), in that order; `samepad` and `gamma0.2` stay
-# available by name.
+# The ladder as it was run (BENCHMARKS.md), in that order; `samepad`, `gamma0.2`, `mixramp` and `prior`
+# stay available by name.
 DEFAULT_RUNGS = [
     "cdt",
     "mixup",
@@ -147,8 +156,9 @@ def rung_command(rung: str, run_dir: str, seed: int = 0) -> list[str]:
         f"--seed={seed}",
     ]
     first_decay = scale_epoch(160, _EPOCHS.value, minimum=1)  # The recipe's first decay, compressed.
+    epochs = {"first_decay": first_decay, "half_first_decay": first_decay // 2}  # The half: < first_decay.
     for lever in rung_levers(rung):
-        command += [flag.format(first_decay=first_decay) for flag in LEVERS[lever][1]]
+        command += [flag.format(**epochs) for flag in LEVERS[lever][1]]
     return command + list(_EXTRA.value)
 
 

@@ -253,6 +253,41 @@ def test_a_mix_prob_variable_switches_mixing_for_the_next_pass():
         np.testing.assert_array_equal(labels, np.eye(NUM_CLASSES, dtype=np.float32)[raw_labels])
 
 
+def _is_mixed(labels):
+    """Whether a batch was mixed: some label row is not one-hot (mixup's lam ~ Beta(1, 1) is never 1)."""
+    return bool((labels.max(1) < 1).any())
+
+
+def test_a_ramp_run_mixes_its_batches_as_scheduled():
+    """--mix_schedule=ramp: the callback train wires sets the variable the pipeline reads per batch,
+    so epochs up to --mix_ramp_start are all mixed, the ramp's middle about half, the rest plain."""
+    config = Config(
+        dataset="digits",
+        model_dir="/tmp/run",
+        epochs=6,
+        mixup_alpha=1.0,
+        mix_schedule="ramp",
+        mix_ramp_start=1,
+        mix_until_epoch=3,
+    ).validate()
+    mix_prob = tf.Variable(config.mix_prob, trainable=False, dtype=tf.float32)
+    dataset = augment.augment_dataset(
+        _batches(count=40), NUM_CLASSES, 8, seed=0, mixup_alpha=config.mixup_alpha, mix_prob=mix_prob
+    )
+    callback = train.mix_schedule(config, mix_prob)
+    fractions, logged = [], []
+    for epoch in range(5):
+        callback.on_epoch_begin(epoch)
+        fractions.append(np.mean([_is_mixed(labels.numpy()) for _, labels in dataset]))  # One pass.
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        logged.append(logs["mix_prob"])
+    assert logged == [1.0, 1.0, 0.5, 0.0, 0.0]
+    assert fractions[0] == fractions[1] == 1.0
+    assert 0.25 < fractions[2] < 0.75  # p = 0.5 over 40 batches.
+    assert fractions[3] == fractions[4] == 0.0
+
+
 # ----------------------------------------------------------------------------- in training
 
 
@@ -308,11 +343,33 @@ def test_a_model_fits_mixed_batches():
         ({"mixup_alpha": 0.2, "strategy": "multi_worker"}, "multi_worker"),
         ({"mix_until_epoch": 5}, "--mix_until_epoch needs --mixup_alpha"),
         ({"mixup_alpha": 0.2, "mix_until_epoch": 200}, r"--mix_until_epoch must be in \[0, --epochs\)"),
+        ({"mix_schedule": "linear"}, "unknown mix_schedule 'linear'"),
+        ({"mixup_alpha": 0.2, "mix_until_epoch": 5, "mix_ramp_start": 2}, "--mix_ramp_start only applies"),
+        ({"mix_schedule": "ramp"}, "--mix_schedule=ramp ramps MixUp/CutMix down: it needs --mixup_alpha"),
+        *(
+            (
+                {
+                    "cutmix_alpha": 1.0,
+                    "mix_schedule": "ramp",
+                    "mix_until_epoch": until,
+                    "mix_ramp_start": start,
+                },
+                "--mix_schedule=ramp needs --mix_until_epoch > --mix_ramp_start >= 0",
+            )
+            for until, start in ((0, 0), (5, 5), (5, 7), (5, -1))
+        ),
     ],
 )
 def test_bad_flags_name_the_flag(overrides, fragment):
     with pytest.raises(UserError, match=fragment.replace("-", r"\-")):
         dataclasses.replace(Config(dataset="digits", model_dir="/tmp/run"), **overrides).validate()
+
+
+def test_a_ramp_config_is_valid_and_step_stays_the_default():
+    config = Config(
+        dataset="digits", model_dir="/tmp/run", cutmix_alpha=1.0, mix_schedule="ramp", mix_until_epoch=160
+    ).validate()
+    assert (config.mix_ramp_start, Config(dataset="digits", model_dir="/tmp/run").mix_schedule) == (0, "step")
 
 
 def test_defaults_are_off_so_older_runs_resume():
@@ -326,6 +383,8 @@ def test_defaults_are_off_so_older_runs_resume():
         "cutmix_alpha",
         "mix_prob",
         "mix_until_epoch",
+        "mix_schedule",
+        "mix_ramp_start",
     )
     older = {k: v for k, v in config.to_dict().items() if k not in (*new, "lr_schedule", "val_per_class")}
     assert config.differences(older) == []

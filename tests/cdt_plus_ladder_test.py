@@ -93,6 +93,24 @@ def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validat
     assert "Best on validation: cdt, cRT+LAS (99.0; its test top-1 50.0)" in result.stdout
 
 
+def test_the_prior_and_mix_ramp_levers_give_a_valid_run_on_the_compressed_schedule(tmp_path):
+    runs = tmp_path / "runs"
+    rung = "mixup+mixramp+prior"
+    result = _ladder(
+        f"--runs_dir={runs}", f"--python={_fake_python(tmp_path)}", f"--rungs={rung}", "--epochs=60"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    argv = json.loads((runs / rung / "argv.json").read_text())
+    # The ramp runs from half-way to the first decay (24 of 60) to none at it (48).
+    for flag in ("--mix_schedule=ramp", "--mix_ramp_start=24", "--mix_until_epoch=48", "--prior_tau=1.0"):
+        assert flag in argv
+    flagfile = next(a.split("=", 1)[1] for a in argv if a.startswith("--flagfile="))
+    extra = [a for a in argv[2:] if not a.startswith(("--flagfile=", "--model_dir=", "--data_dir="))]
+    config = flagfile_config(os.path.join(REPO_ROOT, flagfile), *extra)  # Validates: the rung would start.
+    assert (config.mix_schedule, config.mix_ramp_start, config.mix_until_epoch) == ("ramp", 24, 48)
+    assert config.prior_tau == 1.0 and config.loss == "cdt"
+
+
 def test_a_finished_rung_is_collected_not_rerun(tmp_path):
     runs = tmp_path / "runs"
     (runs / "cdt").mkdir(parents=True)

@@ -34,6 +34,7 @@ LAYERS = (
             "input_pipeline",
             "augment",
             "run_data",
+            "loss_base",
             "losses",
             "calibration",
             "optimizers",
@@ -151,7 +152,7 @@ def test_facts_import_neither_tensorflow_nor_keras(module):
     assert heavy == set()
 
 
-@pytest.mark.parametrize("module", ["callbacks", "losses"])
+@pytest.mark.parametrize("module", ["callbacks", "loss_base", "losses"])
 def test_callbacks_and_losses_never_build_datasets(module):
     assert GRAPH[module] & DATA_BUILDERS == set()
 

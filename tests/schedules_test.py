@@ -1,4 +1,4 @@
-"""Tests of the warm-up + step-decay learning-rate schedule."""
+"""Tests of the warm-up + step-decay learning-rate schedule and the mixing-probability schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdt_tf.schedules import WarmupStepDecay
+from cdt_tf.schedules import WarmupStepDecay, mix_prob_at
 
 
 def cifar_schedule():
@@ -150,3 +150,28 @@ def test_repeated_decay_epoch_raises():
     # decay_epochs must strictly increase: with [160, 160] the first multiplier would never apply.
     with pytest.raises(ValueError, match="increase"):
         WarmupStepDecay(0.1, 10, 5, decay_epochs=[160, 160], decay_multipliers=[0.01, 1e-4])
+
+
+@pytest.mark.parametrize(
+    "epoch, expected",
+    [(0, 1.0), (1, 1.0), (2, 1.0), (3, 0.75), (4, 0.5), (5, 0.25), (6, 0.0), (7, 0.0), (100, 0.0)],
+)
+def test_mix_ramp_falls_linearly_from_its_start_to_zero_at_mix_until_epoch(epoch, expected):
+    assert mix_prob_at(epoch, 1.0, "ramp", until_epoch=6, ramp_start=2) == expected
+
+
+def test_mix_ramp_scales_mix_prob_and_may_start_at_epoch_zero():
+    assert [mix_prob_at(e, 0.8, "ramp", 4, 0) for e in range(6)] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0, 0])
+
+
+def test_mix_step_is_mix_prob_before_mix_until_epoch_and_every_epoch_without_it():
+    assert [mix_prob_at(e, 0.5, "step", 3) for e in range(5)] == [0.5, 0.5, 0.5, 0.0, 0.0]
+    assert [mix_prob_at(e, 0.5) for e in (0, 10, 1000)] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "schedule, until, start", [("ramp", 0, 0), ("ramp", 5, 5), ("ramp", 5, -1), ("cosine", 5, 0)]
+)
+def test_a_bad_mix_schedule_raises(schedule, until, start):
+    with pytest.raises(ValueError, match="mix"):
+        mix_prob_at(0, 1.0, schedule, until, start)
