@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The CDT+ recipe at 200 epochs, one run after another, outside the checkout: both stages of
-# flags/cifar10_lt100_cdt_plus.cfg for each seed (seed 0 in cifar10_lt100_cdt_plus, seed N in
-# cifar10_lt100_cdt_plus_seedN), then the same recipe with a VAL_PER_CLASS-a-class validation split
-# carved out (cifar10_lt100_cdt_plus_val<K>, seed 0: the selection run that tells, at the full length,
-# whether its second stage beats its argmax on validation and which tau N_c^tau and logit adjustment
-# take; VAL_PER_CLASS=0 skips it).
+# The CDT+ recipe at 200 epochs, one run after another, outside the checkout: first the recipe with a
+# VAL_PER_CLASS-a-class validation split carved out (cifar10_lt100_cdt_plus_val<K>, seed 0: the
+# selection run, whose validation split chooses the tau of N_c^tau and of logit adjustment, the
+# recipe's prediction), then flags/cifar10_lt100_cdt_plus.cfg for each seed (seed 0 in
+# cifar10_lt100_cdt_plus, seed N in cifar10_lt100_cdt_plus_seedN) with --tau_from that selection run.
+# VAL_PER_CLASS=0 skips the selection run: the seeds then read the committed one's taus (the
+# flagfile's --tau_from=results/cifar10_lt100_cdt_plus_val250).
 #
 #   nohup bash experiments/cdt_plus_runs.sh > ~/cdt-runs/cdt_plus_runs.log 2>&1 &
 #
 # Start it again after a session ends (or a run is killed): a finished run (and its second stage)
 # returns at once, an unfinished one resumes from its last finished epoch. One run at a time is the
 # fastest use of 2 cores. Then, for each: python tools/collect_run.py --run=~/cdt-runs/<name>
-# (seed 0 with --export --classifier=crt_las: the SavedModel serves the retrained classifier).
+# (seed 0 with --export: the SavedModel serves the logit-adjusted prediction).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -27,12 +28,16 @@ train() {  # train <name> <flags...>
   "$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt_plus.cfg --data_dir="$DATA_DIR" "$@" \
     --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
 }
+taus_from=()
+if [ "$VAL_PER_CLASS" != 0 ]; then
+  selection="cifar10_lt100_cdt_plus_val$VAL_PER_CLASS"
+  # --tau_from= (empty): the selection run chooses its own taus on its validation split.
+  train "$selection" --seed=0 --val_per_class="$VAL_PER_CLASS" --tau_from=
+  taus_from=(--tau_from="$RUNS_DIR/$selection")
+fi
 for seed in ${SEEDS:-0 1}; do
   name=cifar10_lt100_cdt_plus
   [ "$seed" = 0 ] || name="${name}_seed$seed"
-  train "$name" --seed="$seed"
+  train "$name" --seed="$seed" "${taus_from[@]}"
 done
-if [ "$VAL_PER_CLASS" != 0 ]; then
-  train "cifar10_lt100_cdt_plus_val$VAL_PER_CLASS" --seed=0 --val_per_class="$VAL_PER_CLASS"
-fi
 echo "== $(date -u +%FT%TZ) done"

@@ -203,9 +203,18 @@ def test_the_cdt_plus_recipe_is_its_ladder_rung_at_200_epochs():
     assert rung["val_per_class"] > 0  # The rung was chosen on a validation split.
 
 
-def test_the_cdt_plus_smoothing_is_the_grids_best_on_validation():
+def _optional_second_stage():
+    """The flags of the header's optional second stage ("# Optional second stage ...: add --a=b ... (")."""
+    header = " ".join(line.lstrip("#").strip() for line in open(CDT_PLUS) if line.startswith("#"))
+    text = header.split("Optional second stage", 1)[1].split(": add ", 1)[1].split(" (", 1)[0]
+    return dict(word.lstrip("-").split("=", 1) for word in text.split() if word.startswith("--"))
+
+
+def test_the_cdt_plus_optional_smoothing_is_the_grids_best_on_validation():
     recipe = flagfile_config(CDT_PLUS)
-    assert recipe.second_stage == "crt_las"
+    assert recipe.second_stage == "none"  # Logit adjustment won on validation (the next test).
+    second_stage = _optional_second_stage()
+    assert second_stage["second_stage"] == "crt_las"
     cells, rung_dir = {}, os.path.join(LADDER_RESULTS, _chosen_rung())
     for name in os.listdir(rung_dir):
         trained_bn = name.endswith("_class_balanced.json") and "_bn" not in name
@@ -215,7 +224,31 @@ def test_the_cdt_plus_smoothing_is_the_grids_best_on_validation():
             smoothing = record["label_aware_smoothing"]
             cells[(smoothing["head"], smoothing["tail"])] = record["validation"]["top1"]
     assert len(cells) >= 5, cells
-    assert max(cells, key=cells.get) == (recipe.smooth_head, recipe.smooth_tail)
+    assert max(cells, key=cells.get) == (
+        float(second_stage["smooth_head"]),
+        float(second_stage["smooth_tail"]),
+    )
+
+
+def test_the_cdt_plus_prediction_is_the_best_rule_on_the_selection_runs_validation():
+    # The recipe predicts with logit adjustment at the selection run's tau: the rule with the best
+    # validation top-1 among the argmax, the tau rules (their validation sweeps) and cRT+LAS.
+    recipe = flagfile_config(CDT_PLUS)
+    assert recipe.tau_from == "results/cifar10_lt100_cdt_plus_val250"
+    _, results = _committed_run("cifar10_lt100_cdt_plus_val250")
+    post_hoc = results["post_hoc"]
+    validation = {
+        "argmax": results["validation"]["top1"],
+        "crt_las": post_hoc["crt_las"]["validation"]["top1"],
+    }
+    for method in ("nc_tau", "w_norm", "logit_adjustment"):
+        sweep = post_hoc[method]["sweep"]
+        assert sweep["split"] == "validation"
+        validation[method] = max(sweep["top1"])
+        assert sweep["top1"][sweep["taus"].index(post_hoc[method]["tau"])] == validation[method]
+    assert max(validation, key=validation.get) == "logit_adjustment", validation
+    header = " ".join(line.lstrip("#").strip() for line in open(CDT_PLUS) if line.startswith("#"))
+    assert f"tau = {post_hoc['logit_adjustment']['tau']:g} chosen on the validation split" in header
 
 
 def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own_directory(tmp_path):
@@ -239,12 +272,14 @@ def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own
     assert "== cifar10_lt100_cdt_plus failed (3)" in result.stdout, result.stdout
     assert "failed" not in result.stdout.replace("cifar10_lt100_cdt_plus failed (3)", ""), result.stdout
     head = ["-m", "cdt_tf.main", "--flagfile=flags/cifar10_lt100_cdt_plus.cfg", f"--data_dir={data}"]
+    selection = runs / "cifar10_lt100_cdt_plus_val7"
     assert [json.loads(line) for line in log.read_text().splitlines()] == [
-        head + ["--seed=0", f"--model_dir={runs / 'cifar10_lt100_cdt_plus'}"],
-        head + ["--seed=2", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_seed2'}"],
-        head + ["--seed=0", "--val_per_class=7", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_val7'}"],
+        head + ["--seed=0", "--val_per_class=7", "--tau_from=", f"--model_dir={selection}"],
+        head + ["--seed=0", f"--tau_from={selection}", f"--model_dir={runs / 'cifar10_lt100_cdt_plus'}"],
+        head
+        + ["--seed=2", f"--tau_from={selection}", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_seed2'}"],
     ]
-    # VAL_PER_CLASS=0: the seeds only.
+    # VAL_PER_CLASS=0: the seeds only, with the flagfile's --tau_from (the committed selection run).
     log.unlink()
     result = run_command("bash", script, env=dict(env, SEEDS="1", VAL_PER_CLASS="0"), timeout=60)
     assert result.returncode == 0, result.stderr
@@ -266,8 +301,10 @@ def _committed_run(name):
 def test_the_committed_cdt_plus_runs_are_the_recipe_and_its_header_quotes_their_top1():
     # What README/BENCHMARKS quote comes from these folders: they must be the flagfile's recipe (only
     # the seed and where the run and its data lived may differ), trained to the end, and the
-    # flagfile's "Measured here" line must quote their second stage's top-1.
+    # flagfile's "Measured here" line must quote their test top-1 with logit adjustment at the selection
+    # run's tau (read off each run's test sweep of logit adjustment, which holds every tau of the grid).
     recipe = flagfile_config(CDT_PLUS)
+    tau = _committed_run("cifar10_lt100_cdt_plus_val250")[1]["post_hoc"]["logit_adjustment"]["tau"]
     measured = []
     for seed, name in CDT_PLUS_RUNS.items():
         config, results = _committed_run(name)
@@ -275,7 +312,9 @@ def test_the_committed_cdt_plus_runs_are_the_recipe_and_its_header_quotes_their_
         assert config["seed"] == seed and results["training"]["epochs"] == recipe.epochs
         with open(os.path.join(REPO_ROOT, "results", name, "metrics.jsonl")) as f:
             assert [json.loads(line)["epoch"] for line in f] == list(range(1, recipe.epochs + 1))
-        measured.append(f"{100 * results['post_hoc'][recipe.second_stage]['top1']:.2f}")
+        sweep = results["post_hoc"]["logit_adjustment"]["sweep"]
+        assert sweep["split"] == "test"
+        measured.append(f"{100 * sweep['top1'][sweep['taus'].index(tau)]:.2f}")
     header = "".join(line for line in open(CDT_PLUS) if line.startswith("#"))
     assert f"{' / '.join(measured)} % top-1" in " ".join(header.replace("#", " ").split()), measured
 
