@@ -16,11 +16,13 @@ from cdt_tf import (
     durability,
     evaluate,
     losses,
+    max_norm,
     models,
     multi_worker,
     post_hoc,
     run_data,
     rundir,
+    sam,
     schedules,
 )
 from cdt_tf.callbacks import (
@@ -267,7 +269,7 @@ def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
     input_shape = data.input_shape()
 
     def build_model() -> keras.Model:
-        return models.build_model(
+        model = models.build_model(
             config.resolved_model,
             data.num_classes,
             input_shape,
@@ -276,8 +278,13 @@ def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
             config.resolved_classifier,
             config.conv_padding,
         )
+        return max_norm.constrain_classifier(model, config.max_norm) if config.max_norm else model
 
     model = build_model()
+    if config.sam_rho:  # Its train_step takes SAM steps; fit unwraps it (plain_model) after training.
+        tail = config.sam_classes == "tail"
+        tail_classes = sam.tail_classes(data.class_counts, config.sam_tail_threshold) if tail else None
+        model = sam.SharpnessAwareModel.wrap(model, config.sam_rho, tail_classes)
     loss = build_loss(config, data.class_counts)
     optimizer = CoupledDecaySGD(
         coupled_weight_decay=config.weight_decay,
@@ -418,6 +425,8 @@ def fit(
             verbose=1 if sys.stdout.isatty() else 2,
             shuffle=False,  # The tf.data pipeline shuffles.
         )
+        if isinstance(model, sam.SharpnessAwareModel):  # model.keras holds an ordinary model.
+            model = model.plain_model()
     if stop_on_nan.nan_epoch is not None:
         raise TrainingError(
             f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; the last good epoch "
