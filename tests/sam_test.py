@@ -12,7 +12,7 @@ import pytest
 
 from cdt_tf import class_stats, max_norm, models, sam
 from cdt_tf.optimizers import CoupledDecaySGD
-from conftest import run_command
+from conftest import DIGITS_SMOKE, run_command
 
 RHO, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.5, 0.1, 0.9, 0.01
 NUM_FEATURES, NUM_CLASSES = 4, 3
@@ -260,3 +260,27 @@ def test_max_norm_refuses_the_cosine_classifier():
     model = models.build_model("digits_convnet", NUM_CLASSES, (8, 8, 3), (0.5,) * 3, (0.25,) * 3, "cosine")
     with pytest.raises(ValueError, match="linear"):
         max_norm.constrain_classifier(model, 1.0)
+
+
+# ----------------------------------------------------------------------------- End to end
+
+
+def test_digits_run_with_imbsam_and_max_norm(cli, tmp_path):
+    model_dir = tmp_path / "run"
+    result = cli(
+        *DIGITS_SMOKE,
+        "--sam_rho=0.05",
+        "--sam_classes=tail",
+        "--sam_tail_threshold=50",
+        "--max_norm=1.0",
+        f"--model_dir={model_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.load(open(model_dir / "results.json"))
+    assert results["config"]["sam_rho"] == 0.05 and 0.0 <= results["top1"] <= 1.0
+    epochs = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
+    assert len(epochs) == 2 and all(np.isfinite(e["loss"]) for e in epochs)
+    model = keras.models.load_model(model_dir / "model.keras")
+    assert type(model) is not sam.SharpnessAwareModel  # model.keras holds the ordinary network.
+    kernel = model.get_layer("classifier").kernel.numpy()
+    assert np.linalg.norm(kernel, axis=0).max() <= 1.0 + 1e-5
