@@ -13,6 +13,8 @@ under this strategy and leaves the rest of a run (train.py) as it is:
 - one step: each replica computes its per-example losses (loss.call) and reduces them with
   tf.nn.compute_average_loss over the global batch, so that the gradients summed over the replicas
   are those of the global-batch mean (as in fit); optimizer.apply all-reduces them and updates;
+  with --sam_rho (a sam.SharpnessAwareModel) the gradients are those of its SAM or ImbSAM step
+  (sam.sharpness_aware_gradients), as its train_step takes them under fit;
 - the run's Keras callbacks, driven through keras.callbacks.CallbackList as fit drives them, with fit's
   logs (loss, accuracy, top5: running means over the epoch's global batches), fit's resume epoch
   (BackupAndRestore's model._initial_epoch) and model.stop_training (StopOnNaN).
