@@ -257,7 +257,7 @@ def _define_optimisation_flags(define: dict) -> None:
     define["integer"](
         "sam_tail_threshold",
         100,
-        "--sam_classes=tail: a class with fewer training images than this is a tail class (100: the "
+        "--sam_classes=tail: a class with fewer training images than this is a tail class (100: about the "
         "medium and few-shot classes; the ImbSAM reference code's --eta defaults to 20, the few-shot ones).",
     )
     define["float"](

@@ -284,6 +284,12 @@ def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
     if config.sam_rho:  # Its train_step takes SAM steps; fit unwraps it (plain_model) after training.
         tail = config.sam_classes == "tail"
         tail_classes = sam.tail_classes(data.class_counts, config.sam_tail_threshold) if tail else None
+        if tail:  # No tail class makes every step the plain one, at twice its cost: say so.
+            print(
+                f"ImbSAM: {int(tail_classes.sum())} of {data.num_classes} classes have fewer than "
+                f"{config.sam_tail_threshold} training images (the tail)",
+                flush=True,
+            )
         model = sam.SharpnessAwareModel.wrap(model, config.sam_rho, tail_classes)
     loss = build_loss(config, data.class_counts)
     optimizer = CoupledDecaySGD(
