@@ -18,7 +18,8 @@ reference code's split, so the parts add up to the batch mean), and
 A batch without tail examples has g_tail = 0, so eps = 0 and the step is the plain one; a batch of tail
 examples only takes the SAM step. Tail classes: fewer than --sam_tail_threshold training images.
 
-Either costs two forward and backward passes per step, about twice the time of a plain step.
+Either costs two forward and backward passes per step, about twice the time of a plain step (ResNet-32,
+batch 64, float32 on 2 busy CPU cores, 2026-12-07: 607 against 319 ms a step).
 
 How it meets the rest of a run:
 - Several replicas (MirroredStrategy, multi_worker): the first gradient is summed over the replicas

@@ -264,7 +264,8 @@ def write_data_records(config: Config, data: run_data.RunData) -> dict:
 
 
 def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
-    """(model builder, compiled model, loss): call inside the strategy's scope."""
+    """(model builder, compiled model, loss): call inside the strategy's scope. With --sam_rho the
+    compiled model is a sam.SharpnessAwareModel over the builder's network (fit unwraps it)."""
     mean, std = data.normalization()
     input_shape = data.input_shape()
 
