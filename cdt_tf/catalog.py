@@ -33,6 +33,10 @@ LR_SCHEDULES = ("step", "cosine")
 # How strided convolutions pad (models._conv_bn): symmetric (PyTorch, official TF ResNets) or Keras "same".
 CONV_PADDINGS = ("symmetric", "same")
 
+# Whose loss sharpness-aware minimisation flattens (cdt_tf.sam; --sam_classes): every class (SAM) or the
+# tail classes only (ImbSAM).
+SAM_CLASSES = ("all", "tail")
+
 # Second stages on a finished run's frozen features (cdt_tf.retrain_classifier; main's --second_stage):
 # cRT, with label-aware smoothing (_las), on re-estimated batch-norm statistics (_bn). Each is also the
 # key of its results.json post_hoc entry and a cdt_tf.export --classifier.

@@ -160,6 +160,13 @@ def shot_groups(class_counts: Sequence[int]) -> dict[str, np.ndarray]:
     }
 
 
+def tail_mask(class_counts: Sequence[int], threshold: int) -> np.ndarray:
+    """Boolean mask [C] of the tail classes: fewer than `threshold` training images (ImbSAM's split;
+    threshold 100 makes the tail the medium and few-shot groups of `shot_groups` less the classes of
+    exactly 100)."""
+    return np.asarray(class_counts) < threshold
+
+
 def _positive_counts(class_counts: Sequence[int]) -> np.ndarray:
     counts = np.asarray(class_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size == 0:

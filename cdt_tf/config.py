@@ -74,6 +74,10 @@ class Config:
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
+    sam_rho: float = 0.0
+    sam_classes: str = "all"
+    sam_tail_threshold: int = 100
+    max_norm: float = 0.0
     lr_schedule: str = "step"
     warmup_epochs: int = 5
     decay_epochs: tuple[int, ...] = (160, 180)
@@ -205,6 +209,7 @@ class Config:
                 ("imbalance", self.imbalance, class_stats.PROFILES),
                 ("bad_images", self.bad_images, catalog.BAD_IMAGES),
                 ("lr_schedule", self.lr_schedule, catalog.LR_SCHEDULES),
+                ("sam_classes", self.sam_classes, catalog.SAM_CLASSES),
                 ("second_stage", self.second_stage, ("none",) + catalog.SECOND_STAGES),
                 ("mix_schedule", self.mix_schedule, catalog.MIX_SCHEDULES),
             )
@@ -340,6 +345,12 @@ class Config:
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
             (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.sam_rho >= 0, f"--sam_rho must be >= 0 (0: off), got {self.sam_rho}"),
+            (
+                self.sam_tail_threshold >= 1,
+                f"--sam_tail_threshold must be >= 1, got {self.sam_tail_threshold}",
+            ),
+            (self.max_norm >= 0, f"--max_norm must be >= 0 (0: off), got {self.max_norm}"),
             (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}"),
             (self.eval_per_class >= 0, f"--eval_per_class must be >= 0 (0: all), got {self.eval_per_class}"),
@@ -358,6 +369,15 @@ class Config:
             (
                 all(b > a for a, b in itertools.pairwise(self.decay_epochs)),
                 f"--decay_epochs must strictly increase, got {list(self.decay_epochs)}",
+            ),
+            (
+                self.sam_classes == "all" or self.sam_rho > 0,
+                "--sam_classes=tail chooses what SAM flattens; give --sam_rho > 0 too (e.g. 0.05)",
+            ),
+            (
+                not self.max_norm or self.resolved_classifier == "linear",
+                f"--max_norm constrains the linear classifier's weights; got --classifier="
+                f"{self.resolved_classifier} (use --classifier=linear, or drop --max_norm)",
             ),
         ]
         return own, ties

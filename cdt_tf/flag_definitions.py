@@ -267,6 +267,35 @@ def _define_optimisation_flags(define: dict) -> None:
     define["float"]("learning_rate", 0.1, "Peak learning rate, reached after the warm-up.")
     define["float"]("momentum", 0.9, "SGD momentum.")
     define["float"]("weight_decay", 2e-4, "Coupled (PyTorch-style) L2 weight decay.")
+    define["float"](
+        "sam_rho",
+        0.0,
+        "Sharpness-aware minimisation (SAM, Foret et al. 2021): each step takes the gradient at the "
+        "weights moved by rho * g / ||g|| (g the batch gradient), then SGD updates the unmoved weights. "
+        "Two forward and backward passes per step: about twice the training time. 0.05 is SAM's usual "
+        "rho. 0: off.",
+    )
+    define["enum"](
+        "sam_classes",
+        "all",
+        catalog.SAM_CLASSES,
+        "With --sam_rho: whose loss SAM flattens. all: the whole batch's (SAM). tail: the loss of the "
+        "tail-class examples (fewer than --sam_tail_threshold training images) only; the other examples "
+        "take the plain gradient (ImbSAM, Zhou et al. 2023).",
+    )
+    define["integer"](
+        "sam_tail_threshold",
+        100,
+        "--sam_classes=tail: a class with fewer training images than this is a tail class (100: about the "
+        "medium and few-shot classes; the ImbSAM reference code's --eta defaults to 20, the few-shot ones).",
+    )
+    define["float"](
+        "max_norm",
+        0.0,
+        "Weight balancing (Alshammari et al. 2022): after every step, rescale each class's weight vector "
+        "of the linear classifier to norm <= this value (keras.constraints.MaxNorm, axis 0); they pair it "
+        "with a tuned --weight_decay. Linear classifier only. 0: off.",
+    )
     define["enum"](
         "lr_schedule",
         "step",

@@ -13,6 +13,8 @@ under this strategy and leaves the rest of a run (train.py) as it is:
 - one step: each replica computes its per-example losses (loss.call) and reduces them with
   tf.nn.compute_average_loss over the global batch, so that the gradients summed over the replicas
   are those of the global-batch mean (as in fit); optimizer.apply all-reduces them and updates;
+  with --sam_rho (a sam.SharpnessAwareModel) the gradients are those of its SAM or ImbSAM step
+  (sam.sharpness_aware_gradients), as its train_step takes them under fit;
 - the run's Keras callbacks, driven through keras.callbacks.CallbackList as fit drives them, with fit's
   logs (loss, accuracy, top5: running means over the epoch's global batches), fit's resume epoch
   (BackupAndRestore's model._initial_epoch) and model.stop_training (StopOnNaN).
@@ -43,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cdt_tf import distribution, rundir
+from cdt_tf import distribution, rundir, sam
 from cdt_tf.callbacks import MetricsJsonl, PerClassEvaluation, TrainingStatistics
 from cdt_tf.errors import TrainingError
 
@@ -202,15 +204,38 @@ def _train_step(strategy, model, loss, optimizer, global_batch_size: int):
     top5 = model.outputs[0].shape[-1] > 5  # As train.py's compiled metrics.
     names = ["loss", "accuracy"] + (["top5"] if top5 else [])
 
+    def forward(images, labels):
+        logits = model(images, training=True)
+        per_example = loss.call(labels, logits)
+        regularization = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+        return logits, per_example, regularization
+
+    def sharpness_aware_step(images, labels):
+        """--sam_rho: the gradients of a SAM (ImbSAM) step (cdt_tf/sam.py), and the first pass."""
+        first = []
+        share = None if model.tail_classes is None else sam.tail_share(labels, model.tail_classes)
+
+        def losses():
+            logits, per_example, regularization = forward(images, labels)
+            first.append((logits, per_example, regularization))  # Traced once per pass: [0] is at w.
+            shares = tf.cast(per_example, tf.float32) / global_batch_size
+            return (*sam.split_loss(shares, tf.nn.scale_regularization_loss(regularization), share), logits)
+
+        gradients, _, _ = sam.sharpness_aware_gradients(
+            losses, model.trainable_variables, model.rho, model.non_trainable_variables, optimizer.scale_loss
+        )
+        return gradients, *first[0]
+
     def replica_step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = loss.call(labels, logits)
-            mean = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-            regularization = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
-            total = mean + tf.nn.scale_regularization_loss(regularization)
-            scaled = optimizer.scale_loss(total)  # Loss scaling under mixed_float16; else the loss.
-        gradients = tape.gradient(scaled, model.trainable_variables)
+        if isinstance(model, sam.SharpnessAwareModel):
+            gradients, logits, per_example, regularization = sharpness_aware_step(images, labels)
+        else:
+            with tf.GradientTape() as tape:
+                logits, per_example, regularization = forward(images, labels)
+                mean = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+                total = mean + tf.nn.scale_regularization_loss(regularization)
+                scaled = optimizer.scale_loss(total)  # Loss scaling under mixed_float16; else the loss.
+            gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)  # All-reduces the gradients.
 
         labels = tf.reshape(tf.cast(labels, tf.int32), [-1])

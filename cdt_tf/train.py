@@ -16,11 +16,13 @@ from cdt_tf import (
     durability,
     evaluate,
     losses,
+    max_norm,
     models,
     multi_worker,
     post_hoc,
     run_data,
     rundir,
+    sam,
     schedules,
 )
 from cdt_tf.callbacks import (
@@ -265,12 +267,13 @@ def write_data_records(config: Config, data: run_data.RunData) -> dict:
 
 
 def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
-    """(model builder, compiled model, loss): call inside the strategy's scope."""
+    """(model builder, compiled model, loss): call inside the strategy's scope. With --sam_rho the
+    compiled model is a sam.SharpnessAwareModel over the builder's network (fit unwraps it)."""
     mean, std = data.normalization()
     input_shape = data.input_shape()
 
     def build_model() -> keras.Model:
-        return models.build_model(
+        model = models.build_model(
             config.resolved_model,
             data.num_classes,
             input_shape,
@@ -279,8 +282,19 @@ def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
             config.resolved_classifier,
             config.conv_padding,
         )
+        return max_norm.constrain_classifier(model, config.max_norm) if config.max_norm else model
 
     model = build_model()
+    if config.sam_rho:  # Its train_step takes SAM steps; fit unwraps it (plain_model) after training.
+        tail = config.sam_classes == "tail"
+        tail_classes = sam.tail_classes(data.class_counts, config.sam_tail_threshold) if tail else None
+        if tail:  # No tail class makes every step the plain one, at twice its cost: say so.
+            print(
+                f"ImbSAM: {int(tail_classes.sum())} of {data.num_classes} classes have fewer than "
+                f"{config.sam_tail_threshold} training images (the tail)",
+                flush=True,
+            )
+        model = sam.SharpnessAwareModel.wrap(model, config.sam_rho, tail_classes)
     loss = build_loss(config, data.class_counts)
     optimizer = CoupledDecaySGD(
         coupled_weight_decay=config.weight_decay,
@@ -430,6 +444,8 @@ def fit(
             verbose=1 if sys.stdout.isatty() else 2,
             shuffle=False,  # The tf.data pipeline shuffles.
         )
+        if isinstance(model, sam.SharpnessAwareModel):  # model.keras holds an ordinary model.
+            model = model.plain_model()
     if stop_on_nan.nan_epoch is not None:
         raise TrainingError(
             f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; the last good epoch "

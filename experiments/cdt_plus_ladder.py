@@ -64,6 +64,12 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "gamma0.5": ("gamma 0.5 (from 0.3)", ("--gamma=0.5",)),
     "gamma0.2": ("gamma 0.2 (from 0.3)", ("--gamma=0.2",)),
+    "sam": ("SAM, rho 0.05 (two passes a step: about twice the time)", ("--sam_rho=0.05",)),
+    "imbsam": (
+        "ImbSAM: SAM on the tail classes' loss (< 100 images), rho 0.05 (about twice the time)",
+        ("--sam_rho=0.05", "--sam_classes=tail"),
+    ),
+    "maxnorm": ("MaxNorm: each class weight vector of the classifier kept at norm <= 1", ("--max_norm=1.0",)),
 }
 # The ladder as it was run (BENCHMARKS.md), in that order; `samepad`, `gamma0.2`, `mixramp` and `prior`
 # stay available by name.

@@ -173,3 +173,50 @@ def test_classifier_vocabulary_matches_models():
     from cdt_tf import models
 
     assert set(catalog.CLASSIFIERS) == set(models.CLASSIFIERS)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sam_rho": -0.05}, "--sam_rho must be >= 0 (0: off), got -0.05"),
+        ({"sam_rho": float("inf")}, "--sam_rho must be a finite number, got inf"),
+        ({"sam_rho": float("nan")}, "--sam_rho must be a finite number, got nan"),
+        ({"sam_classes": "head"}, "unknown sam_classes 'head'; use one of ('all', 'tail')"),
+        (
+            {"sam_classes": "tail"},
+            "--sam_classes=tail chooses what SAM flattens; give --sam_rho > 0 too (e.g. 0.05)",
+        ),
+        ({"sam_rho": 0.05, "sam_tail_threshold": 0}, "--sam_tail_threshold must be >= 1, got 0"),
+        ({"max_norm": -1.0}, "--max_norm must be >= 0 (0: off), got -1.0"),
+        ({"max_norm": float("inf")}, "--max_norm must be a finite number, got inf"),
+        (
+            {"max_norm": 0.1, "loss": "ldam"},
+            "--max_norm constrains the linear classifier's weights; got --classifier=cosine (use "
+            "--classifier=linear, or drop --max_norm)",
+        ),
+        (
+            {"max_norm": 0.1, "classifier": "cosine"},
+            "--max_norm constrains the linear classifier's weights; got --classifier=cosine (use "
+            "--classifier=linear, or drop --max_norm)",
+        ),
+    ],
+)
+def test_sam_and_max_norm_errors(overrides, message):
+    with pytest.raises(UserError) as raised:
+        dataclasses.replace(_config(), **overrides).validate()
+    assert str(raised.value) == message
+
+
+def test_sam_and_max_norm_compose_with_every_loss():
+    for loss in catalog.LOSSES:
+        classifier = {"classifier": "linear"} if loss == "ldam" else {}
+        dataclasses.replace(
+            _config(), loss=loss, sam_rho=0.05, sam_classes="tail", max_norm=0.1, **classifier
+        ).validate()
+    # A run from before these flags resumes: their defaults are "off".
+    stored = {
+        k: v
+        for k, v in _config().to_dict().items()
+        if k not in ("sam_rho", "sam_classes", "sam_tail_threshold", "max_norm")
+    }
+    assert _config().differences(stored) == []

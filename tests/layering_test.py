@@ -43,6 +43,8 @@ LAYERS = (
             "diagnosis",
             "distribution",
             "models",
+            "max_norm",
+            "sam",
         },
     ),
     ("run directory", {"rundir", "durability", "features"}),

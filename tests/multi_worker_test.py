@@ -129,13 +129,22 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     assert all(np.array_equal(saved[name], chief[name]) for name in chief if name.startswith("layers/"))
 
 
-def test_one_worker_matches_the_single_device_fit(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--sam_rho=0.05", "--sam_classes=tail", "--sam_tail_threshold=50")],
+    ids=["plain", "imbsam"],
+)
+def test_one_worker_matches_the_single_device_fit(tmp_path, extra):
+    """The custom loop takes fit's steps: plain ones, and SAM's (cdt_tf/sam.py) with --sam_rho."""
     (port,) = _free_ports(1)
     mw_dir, fit_dir = tmp_path / "multi_worker", tmp_path / "fit"
     _run_together(
         [
-            ([*DIGITS_SMOKE, "--strategy=multi_worker", f"--model_dir={mw_dir}"], _tf_config([port], 0)),
-            ([*DIGITS_SMOKE, f"--model_dir={fit_dir}"], None),
+            (
+                [*DIGITS_SMOKE, *extra, "--strategy=multi_worker", f"--model_dir={mw_dir}"],
+                _tf_config([port], 0),
+            ),
+            ([*DIGITS_SMOKE, *extra, f"--model_dir={fit_dir}"], None),
         ],
         tmp_path,
     )
