@@ -42,6 +42,8 @@ LAYERS = (
             "diagnosis",
             "distribution",
             "models",
+            "imagenet_resnets",
+            "network_layers",
         },
     ),
     ("run directory", {"rundir", "durability", "features"}),
