@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from cdt_tf import catalog
-from cdt_tf.network_layers import _classifier, _conv_bn, _normalize
+from cdt_tf.network_layers import classifier_output, conv_bn, normalize_images
 
 IMAGENET_MEAN, IMAGENET_STD = catalog.IMAGENET_MEAN, catalog.IMAGENET_STD  # The defaults of both.
 WIDTHS = (64, 128, 256, 512)
@@ -23,15 +23,15 @@ def _residual_output(residual, x, filters: int, strides: int, name: str, padding
     """ReLU(residual + shortcut): x itself, or a projection (1x1 conv, stride, BN) where the shape changes."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_shortcut", padding, relu=False)
+        shortcut = conv_bn(x, filters, 1, strides, f"{name}_shortcut", padding, relu=False)
     y = layers.Add(name=f"{name}_add")([residual, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
 def _projection_basic_block(x, filters: int, strides: int, name: str, padding: str):
     """ResNet-18's block: 3x3 (stride) -> 3x3, plus the shortcut."""
-    y = _conv_bn(x, filters, 3, strides, f"{name}_1", padding)
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", padding, relu=False)
+    y = conv_bn(x, filters, 3, strides, f"{name}_1", padding)
+    y = conv_bn(y, filters, 3, 1, f"{name}_2", padding, relu=False)
     return _residual_output(y, x, filters, strides, name, padding)
 
 
@@ -42,9 +42,9 @@ def _bottleneck_block(x, filters: int, strides: int, name: str, padding: str):
     of the paper's iNaturalist code [8]); the last BN starts with gamma = 0 (as there), so each
     block starts as the identity.
     """
-    y = _conv_bn(x, filters, 1, 1, f"{name}_1", padding)
-    y = _conv_bn(y, filters, 3, strides, f"{name}_2", padding)
-    y = _conv_bn(y, 4 * filters, 1, 1, f"{name}_3", padding, relu=False, zero_gamma=True)
+    y = conv_bn(x, filters, 1, 1, f"{name}_1", padding)
+    y = conv_bn(y, filters, 3, strides, f"{name}_2", padding)
+    y = conv_bn(y, 4 * filters, 1, 1, f"{name}_3", padding, relu=False, zero_gamma=True)
     return _residual_output(y, x, 4 * filters, strides, name, padding)
 
 
@@ -68,13 +68,13 @@ def resnet18(
     Args and returns: as `cifar_resnet` (no depth).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 3, 1, "stem", padding)
+    x = conv_bn(normalize_images(inputs, mean, std), WIDTHS[0], 3, 1, "stem", padding)
     for stage, filters in enumerate(WIDTHS):
         for block in range(2):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _projection_basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name="resnet18")
+    return keras.Model(inputs, classifier_output(features, num_classes, classifier), name="resnet18")
 
 
 def resnet50(
@@ -95,7 +95,7 @@ def resnet50(
     Args and returns: as `cifar_resnet` (no depth).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 7, 2, "stem", padding)
+    x = conv_bn(normalize_images(inputs, mean, std), WIDTHS[0], 7, 2, "stem", padding)
     pool_padding = "same"
     if padding == "symmetric":  # 1 each side; zeros equal PyTorch's -inf padding after a ReLU.
         x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
@@ -106,7 +106,7 @@ def resnet50(
             strides = 2 if stage > 0 and block == 0 else 1
             x = _bottleneck_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name="resnet50")
+    return keras.Model(inputs, classifier_output(features, num_classes, classifier), name="resnet50")
 
 
 IMAGENET_RESNETS = {"resnet18": resnet18, "resnet50": resnet50}

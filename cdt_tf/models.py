@@ -1,4 +1,5 @@
-"""Networks: the CIFAR ResNet family (ResNet-20/32/44/56/110), ResNet-18/50 and a small digits ConvNet.
+"""Networks by name (`build_model`): the CIFAR ResNet family (ResNet-20/32/44/56/110), the small digits
+ConvNet and, from `imagenet_resnets`, ResNet-18/50; the batch-norm and classifier surgery of trained ones.
 
 Every model takes uint8-range images [batch, H, W, 3] (any real dtype) and
 normalises them itself, so the exported graph needs no outside preprocessing.
@@ -22,9 +23,9 @@ from cdt_tf.network_layers import (  # noqa: F401  (the layers stay importable f
     CLASSIFIERS,
     CosineClassifier,
     FusedBatchNormalization,
-    _classifier,
-    _conv_bn,
-    _normalize,
+    classifier_output,
+    conv_bn,
+    normalize_images,
 )
 
 CIFAR_RESNET_DEPTHS = catalog.CIFAR_RESNET_DEPTHS
@@ -58,7 +59,7 @@ class ZeroPadShortcut(layers.Layer):
 
 def _conv_bn_relu(x, filters: int, strides: int, name: str, padding: str, relu: bool = True):
     """3x3 conv (no bias), batch norm, optional ReLU: the CIFAR ResNet's unit."""
-    return _conv_bn(x, filters, 3, strides, name, padding, relu=relu)
+    return conv_bn(x, filters, 3, strides, name, padding, relu=relu)
 
 
 def _basic_block(x, filters: int, strides: int, name: str, padding: str):
@@ -97,13 +98,13 @@ def cifar_resnet(
         raise ValueError(f"CIFAR ResNet depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
     blocks_per_stage = (depth - 2) // 6
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn_relu(_normalize(inputs, mean, std), 16, 1, "stem", padding)
+    x = _conv_bn_relu(normalize_images(inputs, mean, std), 16, 1, "stem", padding)
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(blocks_per_stage):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name=f"resnet{depth}")
+    return keras.Model(inputs, classifier_output(features, num_classes, classifier), name=f"resnet{depth}")
 
 
 def digits_convnet(
@@ -116,10 +117,10 @@ def digits_convnet(
 ) -> keras.Model:
     """A small ConvNet for the 8x8 digits demo: 2 conv-BN-ReLU blocks, global pooling, Dense."""
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn_relu(_normalize(inputs, mean, std), 32, 1, "block1", padding)
+    x = _conv_bn_relu(normalize_images(inputs, mean, std), 32, 1, "block1", padding)
     x = _conv_bn_relu(x, 64, 2, "block2", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name="digits_convnet")
+    return keras.Model(inputs, classifier_output(features, num_classes, classifier), name="digits_convnet")
 
 
 MODEL_NAMES = catalog.MODEL_NAMES
@@ -136,7 +137,7 @@ def build_model(
 ) -> keras.Model:
     """Builds a model by name (one of MODEL_NAMES) with a linear or cosine classifier.
 
-    padding: how strided convolutions pad, one of CONV_PADDINGS (`_conv_bn`).
+    padding: how strided convolutions pad, one of CONV_PADDINGS (`network_layers.conv_bn`).
     """
     if padding not in CONV_PADDINGS:
         raise ValueError(f"unknown padding {padding!r}; use one of {CONV_PADDINGS}")

@@ -21,7 +21,7 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def _he_normal():
+def he_normal():
     """He et al. (2016) fan-in normal init, as `kaiming_normal_` in the reference code.
 
     A new instance per layer: one unseeded initializer shared by several layers would
@@ -77,12 +77,13 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-def _normalize(inputs, mean: Sequence[float], std: Sequence[float]):
+def normalize_images(inputs, mean: Sequence[float], std: Sequence[float]):
+    """uint8-range images [B, H, W, 3] -> (x / 255 - mean) / std, in the network: exports need none."""
     x = layers.Rescaling(1.0 / 255.0, name="to_unit_range")(inputs)
     return layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="normalize")(x)
 
 
-def _conv_bn(
+def conv_bn(
     x,
     filters: int,
     kernel_size: int,
@@ -113,7 +114,7 @@ def _conv_bn(
         strides=strides,
         padding=conv_padding,
         use_bias=False,
-        kernel_initializer=_he_normal(),
+        kernel_initializer=he_normal(),
         name=f"{name}_conv",
     )(x)
     x = FusedBatchNormalization(
@@ -141,7 +142,7 @@ class CosineClassifier(layers.Layer):
 
     def build(self, input_shape):
         self.kernel = self.add_weight(
-            shape=(input_shape[-1], self.units), initializer=_he_normal(), name="kernel", dtype="float32"
+            shape=(input_shape[-1], self.units), initializer=he_normal(), name="kernel", dtype="float32"
         )
 
     def call(self, inputs):
@@ -155,11 +156,15 @@ class CosineClassifier(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def _classifier(features, num_classes: int, kind: str = "linear"):
+def classifier_output(features, num_classes: int, kind: str = "linear"):
+    """The logits [B, num_classes] (float32) of the layer named "classifier" on features [B, D].
+
+    kind: "linear" (Dense with bias, He-normal kernel) or "cosine" (`CosineClassifier`).
+    """
     if kind == "cosine":
         return CosineClassifier(num_classes, name="classifier", dtype="float32")(features)
     if kind != "linear":
         raise ValueError(f"unknown classifier {kind!r}; use one of {CLASSIFIERS}")
-    return layers.Dense(num_classes, kernel_initializer=_he_normal(), name="classifier", dtype="float32")(
+    return layers.Dense(num_classes, kernel_initializer=he_normal(), name="classifier", dtype="float32")(
         features
     )
