@@ -316,12 +316,7 @@ def run_analysis(
     data_dir: str | None = None,
 ) -> str:
     """Analyses a finished run; returns the path of the analysis.json it wrote. See the module docstring."""
-    if num_rounds < 1 or sample_size < 0 or tsne_per_class < 0:
-        raise UserError("--num_rounds must be >= 1 and --sample_size and --tsne_per_class >= 0")
-    _, subset, _ = rundir.read_finished(model_dir)  # Refuses a bad directory before TensorFlow loads.
-    smallest = min((n for n in subset.get("class_counts", []) if n > 0), default=0)
-    if sample_size > smallest:
-        raise UserError(f"--sample_size={sample_size} exceeds the smallest class size N_min={smallest}")
+    _check_options(model_dir, num_rounds, sample_size, tsne_per_class)
     out_dir = out_dir or os.path.join(model_dir, "analysis")
     print(f"Loading the run in {model_dir} ...", flush=True)
     run = rundir.load_finished(model_dir, data_dir)
@@ -342,58 +337,62 @@ def run_analysis(
     os.makedirs(out_dir, exist_ok=True)
     order = np.argsort(-np.asarray(counts), kind="stable")
     names = run.class_names
-    train_accuracy = 100 * statistics["train"]["per_class_accuracy"]
-    test_accuracy = 100 * statistics["test"]["per_class_accuracy"]
-    _per_class_plot(
-        os.path.join(out_dir, "accuracy.png"),
-        [
-            (f"(a) training accuracy (mean {np.nanmean(train_accuracy):.1f}%)", train_accuracy),
-            (f"(b) test accuracy (mean {np.nanmean(test_accuracy):.1f}%)", test_accuracy),
-        ],
-        order,
-        names,
-        counts,
-        "accuracy (%)",
-    )
-    _per_class_plot(
-        os.path.join(out_dir, "classifier_norms.png"),
-        [("(c) classifier norm", statistics["classifier_norms"])],
-        order,
-        names,
-        counts,
-        "||w_c||_2",
-    )
-    _per_class_plot(
-        os.path.join(out_dir, "feature_deviation.png"),
-        [
-            (
-                f"(d) feature deviation (K={statistics['sample_size']}, R={num_rounds})",
-                statistics["feature_deviation"],
-            )
-        ],
-        order,
-        names,
-        counts,
-        "dis(c)",
-    )
+    plot_per_class_figures(out_dir, statistics, order, names, counts, num_rounds)
     plot_confusions(os.path.join(out_dir, "confusion.png"), statistics, order, names)
     figures = list(FIGURES[:-1])
-    if tsne_per_class:
-        train_pick = train.take(class_stats.sample_up_to(train.labels, tsne_per_class, len(names), seed))
-        test_pick = test.take(class_stats.sample_up_to(test.labels, tsne_per_class, len(names), seed))
-        picked = np.concatenate([train_pick.features, test_pick.features])
-        if len(picked) >= 4:
-            print(f"t-SNE of {len(picked)} features ...", flush=True)
-            labels = np.concatenate([train_pick.labels, test_pick.labels])
-            is_test = np.arange(len(picked)) >= len(train_pick)
-            points = tsne_embedding(picked, seed)
-            plot_tsne(os.path.join(out_dir, "tsne.png"), points, labels, is_test, names, counts)
-            figures.append("tsne.png")
+    if tsne_per_class and _tsne_figure(out_dir, train, test, tsne_per_class, names, counts, seed):
+        figures.append("tsne.png")
 
     path = os.path.join(out_dir, "analysis.json")
     content = analysis_json(statistics, names, run.config, model_dir, figures)
     rundir.write_json(path, content)
     return path
+
+
+def _check_options(model_dir: str, num_rounds: int, sample_size: int, tsne_per_class: int) -> None:
+    """Refuses (UserError) bad counts and a bad directory, before TensorFlow loads."""
+    if num_rounds < 1 or sample_size < 0 or tsne_per_class < 0:
+        raise UserError("--num_rounds must be >= 1 and --sample_size and --tsne_per_class >= 0")
+    _, subset, _ = rundir.read_finished(model_dir)
+    smallest = min((n for n in subset.get("class_counts", []) if n > 0), default=0)
+    if sample_size > smallest:
+        raise UserError(f"--sample_size={sample_size} exceeds the smallest class size N_min={smallest}")
+
+
+def plot_per_class_figures(out_dir, statistics, order, class_names, class_counts, num_rounds: int) -> None:
+    """Fig. 3 (a)-(d): accuracy.png, classifier_norms.png and feature_deviation.png in out_dir."""
+    train_accuracy = 100 * statistics["train"]["per_class_accuracy"]
+    test_accuracy = 100 * statistics["test"]["per_class_accuracy"]
+    deviation_title = f"(d) feature deviation (K={statistics['sample_size']}, R={num_rounds})"
+    for file_name, panels, ylabel in (
+        (
+            "accuracy.png",
+            [
+                (f"(a) training accuracy (mean {np.nanmean(train_accuracy):.1f}%)", train_accuracy),
+                (f"(b) test accuracy (mean {np.nanmean(test_accuracy):.1f}%)", test_accuracy),
+            ],
+            "accuracy (%)",
+        ),
+        ("classifier_norms.png", [("(c) classifier norm", statistics["classifier_norms"])], "||w_c||_2"),
+        ("feature_deviation.png", [(deviation_title, statistics["feature_deviation"])], "dis(c)"),
+    ):
+        _per_class_plot(os.path.join(out_dir, file_name), panels, order, class_names, class_counts, ylabel)
+
+
+def _tsne_figure(out_dir, train, test, per_class: int, class_names, class_counts, seed: int) -> bool:
+    """tsne.png of up to per_class training and test features of each class; False (no figure)
+    for fewer than 4 features."""
+    train_pick = train.take(class_stats.sample_up_to(train.labels, per_class, len(class_names), seed))
+    test_pick = test.take(class_stats.sample_up_to(test.labels, per_class, len(class_names), seed))
+    picked = np.concatenate([train_pick.features, test_pick.features])
+    if len(picked) < 4:
+        return False
+    print(f"t-SNE of {len(picked)} features ...", flush=True)
+    labels = np.concatenate([train_pick.labels, test_pick.labels])
+    is_test = np.arange(len(picked)) >= len(train_pick)
+    points = tsne_embedding(picked, seed)
+    plot_tsne(os.path.join(out_dir, "tsne.png"), points, labels, is_test, class_names, class_counts)
+    return True
 
 
 def format_summary(content: dict) -> str:

@@ -30,7 +30,8 @@ MIX_SCHEDULES = ("step", "ramp")
 # Learning-rate schedules (cdt_tf.schedules): step (warm-up, then x multiplier at each decay epoch; the
 # paper's recipe) or cosine (warm-up, then cosine decay to 0 at the last step).
 LR_SCHEDULES = ("step", "cosine")
-# How strided convolutions pad (models._conv_bn): symmetric (PyTorch, official TF ResNets) or Keras "same".
+# How strided convolutions pad (network_layers.conv_bn): symmetric (PyTorch, official TF ResNets)
+# or Keras "same".
 CONV_PADDINGS = ("symmetric", "same")
 
 # Whose loss sharpness-aware minimisation flattens (cdt_tf.sam; --sam_classes): every class (SAM) or the

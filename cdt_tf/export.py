@@ -155,25 +155,13 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
     """
     import tensorflow as tf
 
-    from cdt_tf.calibration import TAU_RANGE, NcTauCalibration
+    from cdt_tf.calibration import NcTauCalibration
 
-    _, height, width, channels = model.inputs[0].shape
-    if channels != 3 or height is None or width is None:
-        raise UserError(f"the model takes images of shape {model.inputs[0].shape}; export needs [B, H, W, 3]")
-    num_classes = model.outputs[0].shape[-1]
-    if len(class_counts) != num_classes:
-        raise UserError(f"{len(class_counts)} class counts for a model with {num_classes} classes")
+    height, width, num_classes = _model_shape(model, class_counts)
     try:
         calibration = NcTauCalibration(class_counts, tau, name="nc_tau")
     except ValueError as error:  # A tau outside TAU_RANGE, or unusable class counts.
         raise UserError(str(error)) from None
-
-    def to_model_size(images):
-        """uint8 [..., h, w, 3] -> uint8 [..., H, W, 3], resized as cdt_tf.datasets.decode_images does."""
-        shape = tf.shape(images)
-        same_size = tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width))
-        resized = lambda: tf.cast(tf.image.resize(images, [height, width]) + 0.5, tf.uint8)  # noqa: E731
-        return tf.cond(same_size, lambda: images, resized)
 
     class ServingModule(tf.Module):
         def __init__(self):
@@ -181,31 +169,13 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
             self.model = model
             self.calibration = calibration
             self.class_names_file = tf.saved_model.Asset(class_names_path)
-            self.class_names_table = tf.lookup.StaticHashTable(
-                tf.lookup.TextFileInitializer(
-                    self.class_names_file,
-                    tf.int64,
-                    tf.lookup.TextFileIndex.LINE_NUMBER,
-                    tf.string,
-                    tf.lookup.TextFileIndex.WHOLE_LINE,
-                ),
-                default_value="",
-            )
+            self.class_names_table = _class_names_table(self.class_names_file)
 
         def outputs(self, images, tau=None):
             """The five outputs for uint8 images [B, h, w, 3] (eager or traced)."""
-            # A loaded signature checks a request's dtype but not its shape, so check the channels
-            # here, before the network, with a message that names the contract: tf.raw_ops.Shape is
-            # the run-time shape (the static one says 3). A missing batch axis is caught too, by
-            # tf.ensure_shape below where the rank check is folded away in a traced signature.
-            shape = tf.raw_ops.Shape(input=images)
-            valid = tf.logical_and(tf.equal(tf.raw_ops.Size(input=shape), 4), tf.equal(shape[-1], 3))
-            check = tf.debugging.Assert(
-                valid, ["images must be uint8 [batch, height, width, 3] (RGB); got shape", shape], summarize=8
+            images = tf.ensure_shape(
+                _resize_images(_checked_images(images), height, width), [None, height, width, 3]
             )
-            with tf.control_dependencies([check]):
-                images = tf.identity(images)
-            images = tf.ensure_shape(to_model_size(images), [None, height, width, 3])
 
             def network():
                 return tf.cast(self.model(tf.cast(images, tf.float32), training=False), tf.float32)
@@ -229,22 +199,7 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_image_bytes(self, image_bytes):
-            # A scalar string (one image without the batch axis) reaches a loaded signature, which does
-            # not check shapes, and would fail inside map_fn ("slice index 0 of dimension 0 out of
-            # bounds"): refuse it here, naming the input ("Shape of tensor image_bytes [] is not
-            # compatible with expected shape [?]"). tf.ensure_shape is a run-time check that stays in
-            # the graph, where a rank assertion is folded away (the static rank is 1).
-            image_bytes = tf.ensure_shape(image_bytes, [None])
-
-            def decode(data):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                image.set_shape([None, None, 3])
-                return to_model_size(image)
-
-            images = tf.map_fn(
-                decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8)
-            )
-            return self.outputs(images)
+            return self.outputs(_decode_image_bytes(image_bytes, height, width))
 
         @tf.function(
             input_signature=[
@@ -253,16 +208,98 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
             ]
         )
         def serve_with_tau(self, images, tau):
-            tau = tf.debugging.check_numerics(tau, "tau must be a finite float32 scalar")
-            low, high = TAU_RANGE  # The range NcTauCalibration and `cdt_tf.export --tau` accept.
-            check = tf.debugging.Assert(
-                tf.logical_and(tau >= low, tau <= high), [f"tau must be in [{low:g}, {high:g}]; got", tau]
-            )
-            with tf.control_dependencies([check]):
-                tau = tf.identity(tau)
-            return self.outputs(images, tau)
+            return self.outputs(images, _checked_tau(tau))
 
     return ServingModule()
+
+
+def _model_shape(model, class_counts) -> tuple[int, int, int]:
+    """(H, W, C) of a model of images [B, H, W, 3] -> logits [B, C]; UserError for another model or
+    for class counts of another length than C."""
+    _, height, width, channels = model.inputs[0].shape
+    if channels != 3 or height is None or width is None:
+        raise UserError(f"the model takes images of shape {model.inputs[0].shape}; export needs [B, H, W, 3]")
+    num_classes = model.outputs[0].shape[-1]
+    if len(class_counts) != num_classes:
+        raise UserError(f"{len(class_counts)} class counts for a model with {num_classes} classes")
+    return height, width, num_classes
+
+
+def _class_names_table(class_names_file):
+    """A lookup table: class index (int64) -> the line of that number in the asset ("" past its end)."""
+    import tensorflow as tf
+
+    return tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            class_names_file,
+            tf.int64,
+            tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string,
+            tf.lookup.TextFileIndex.WHOLE_LINE,
+        ),
+        default_value="",
+    )
+
+
+def _resize_images(images, height: int, width: int):
+    """uint8 [..., h, w, 3] -> uint8 [..., H, W, 3], resized as cdt_tf.datasets.decode_images does."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    same_size = tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width))
+    resized = lambda: tf.cast(tf.image.resize(images, [height, width]) + 0.5, tf.uint8)  # noqa: E731
+    return tf.cond(same_size, lambda: images, resized)
+
+
+def _checked_images(images):
+    """The images, after a run-time check that they are [B, h, w, 3]: an error names the contract."""
+    import tensorflow as tf
+
+    # A loaded signature checks a request's dtype but not its shape, so check the channels here,
+    # before the network, with a message that names the contract: tf.raw_ops.Shape is the run-time
+    # shape (the static one says 3). A missing batch axis is caught too, by the caller's
+    # tf.ensure_shape where the rank check is folded away in a traced signature.
+    shape = tf.raw_ops.Shape(input=images)
+    valid = tf.logical_and(tf.equal(tf.raw_ops.Size(input=shape), 4), tf.equal(shape[-1], 3))
+    check = tf.debugging.Assert(
+        valid, ["images must be uint8 [batch, height, width, 3] (RGB); got shape", shape], summarize=8
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def _decode_image_bytes(image_bytes, height: int, width: int):
+    """Image files string [B] -> uint8 images [B, H, W, 3] (each decoded as RGB, then resized)."""
+    import tensorflow as tf
+
+    # A scalar string (one image without the batch axis) reaches a loaded signature, which does
+    # not check shapes, and would fail inside map_fn ("slice index 0 of dimension 0 out of
+    # bounds"): refuse it here, naming the input ("Shape of tensor image_bytes [] is not
+    # compatible with expected shape [?]"). tf.ensure_shape is a run-time check that stays in
+    # the graph, where a rank assertion is folded away (the static rank is 1).
+    image_bytes = tf.ensure_shape(image_bytes, [None])
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return _resize_images(image, height, width)
+
+    return tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8))
+
+
+def _checked_tau(tau):
+    """serve_with_tau's tau, after run-time checks that it is finite and in TAU_RANGE."""
+    import tensorflow as tf
+
+    from cdt_tf.calibration import TAU_RANGE
+
+    tau = tf.debugging.check_numerics(tau, "tau must be a finite float32 scalar")
+    low, high = TAU_RANGE  # The range NcTauCalibration and `cdt_tf.export --tau` accept.
+    check = tf.debugging.Assert(
+        tf.logical_and(tau >= low, tau <= high), [f"tau must be in [{low:g}, {high:g}]; got", tau]
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(tau)
 
 
 def export_model(model, class_counts, class_names, export_dir: str, tau: float = 0.0, metadata=None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 
 import numpy as np
@@ -42,6 +42,29 @@ SHOWN_FILES = 5
 def is_image_name(name: str) -> bool:
     """An image file by its name: one of IMAGE_EXTENSIONS, not hidden (a leading ".")."""
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def files_by_class(
+    class_dirs: Sequence[str],
+    list_files: Callable[[str], list[str]],
+    no_images_message: Callable[[int, str], str],
+) -> tuple[list[str], list[int]]:
+    """(paths, labels) of the image files in one folder per class: class_dirs[c]'s files get label c.
+
+    Args:
+      class_dirs: the class folders, in label order.
+      list_files: folder -> the names (paths relative to it) of its image files, in their order.
+      no_images_message: (label, folder) -> the DataError message for a class folder without images;
+        every class needs at least one image.
+    """
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = list_files(class_dir)
+        if not files:
+            raise DataError(no_images_message(label, class_dir))
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [label] * len(files)
+    return paths, labels
 
 
 def decode_one(path: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Networks: the CIFAR ResNet family (ResNet-20/32/44/56/110), ResNet-18/50 and a small digits ConvNet.
+"""Networks by name (`build_model`): the CIFAR ResNet family (ResNet-20/32/44/56/110), the small digits
+ConvNet and, from `imagenet_resnets`, ResNet-18/50; the batch-norm and classifier surgery of trained ones.
 
 Every model takes uint8-range images [batch, H, W, 3] (any real dtype) and
 normalises them itself, so the exported graph needs no outside preprocessing.
@@ -15,71 +16,20 @@ import keras
 from keras import layers
 
 from cdt_tf import catalog
-
-# PyTorch's BatchNorm2d defaults, which the reference code (LDAM-DRW) trains with:
-# running averages updated with weight 0.1 and eps 1e-5.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
-
-def _he_normal():
-    """He et al. (2016) fan-in normal init, as `kaiming_normal_` in the reference code.
-
-    A new instance per layer: one unseeded initializer shared by several layers would
-    give every layer of the same shape the same initial kernel.
-    """
-    return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
-
+from cdt_tf.imagenet_resnets import IMAGENET_RESNETS, resnet18, resnet50  # noqa: F401  (models.resnet18)
+from cdt_tf.network_layers import (  # noqa: F401  (the layers stay importable from models)
+    BN_EPSILON,
+    BN_MOMENTUM,
+    CLASSIFIERS,
+    CosineClassifier,
+    FusedBatchNormalization,
+    classifier_output,
+    conv_bn,
+    normalize_images,
+)
 
 CIFAR_RESNET_DEPTHS = catalog.CIFAR_RESNET_DEPTHS
 CONV_PADDINGS = catalog.CONV_PADDINGS
-
-
-@keras.saving.register_keras_serializable(package="cdt_tf")
-class FusedBatchNormalization(layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` that trains with TensorFlow's fused kernel.
-
-    Keras 3 normalises with separate moment and normalisation ops; on CPUs the fused
-    TensorFlow kernel makes ResNet-32 training faster (BENCHMARKS.md, "Throughput").
-    Same weights, same config and the same inference path as the Keras layer, so
-    checkpoints are interchangeable; other backends fall back to the Keras code.
-    The moving variance is updated with the unbiased batch variance, as PyTorch's
-    BatchNorm2d in the reference code.
-    """
-
-    # TensorFlow's fused kernel takes bfloat16 and float16 inputs with float32 scale and offset and
-    # computes the batch statistics in float32, so mixed precision needs no casts around it. True
-    # casts the input to float32 and back instead: the path before 2026-12-03, kept so that
-    # tools/benchmark_throughput.py --bn_cast_float32 can time the difference.
-    cast_to_float32 = False
-
-    def call(self, inputs, training=None, mask=None):
-        fusable = (
-            training
-            and self.trainable
-            and mask is None
-            and not self.renorm
-            and keras.backend.backend() == "tensorflow"
-            and self.axis in (-1, len(inputs.shape) - 1)
-            and len(inputs.shape) == 4
-        )
-        if not fusable:
-            return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf  # Only reached on the TensorFlow backend.
-
-        x = inputs
-        if self.cast_to_float32 or x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
-            x = tf.cast(x, tf.float32)
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x,
-            scale=tf.cast(self.gamma, tf.float32) if self.scale else tf.ones(x.shape[-1]),
-            offset=tf.cast(self.beta, tf.float32) if self.center else tf.zeros(x.shape[-1]),
-            epsilon=self.epsilon,
-            is_training=True,
-        )
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
-        return tf.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="cdt_tf")
@@ -107,14 +57,9 @@ class ZeroPadShortcut(layers.Layer):
         return {**super().get_config(), "pad_channels": self.pad_channels}
 
 
-def _normalize(inputs, mean: Sequence[float], std: Sequence[float]):
-    x = layers.Rescaling(1.0 / 255.0, name="to_unit_range")(inputs)
-    return layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="normalize")(x)
-
-
 def _conv_bn_relu(x, filters: int, strides: int, name: str, padding: str, relu: bool = True):
     """3x3 conv (no bias), batch norm, optional ReLU: the CIFAR ResNet's unit."""
-    return _conv_bn(x, filters, 3, strides, name, padding, relu=relu)
+    return conv_bn(x, filters, 3, strides, name, padding, relu=relu)
 
 
 def _basic_block(x, filters: int, strides: int, name: str, padding: str):
@@ -125,46 +70,6 @@ def _basic_block(x, filters: int, strides: int, name: str, padding: str):
     y = _conv_bn_relu(y, filters, 1, f"{name}_2", padding, relu=False)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
-
-
-CLASSIFIERS = catalog.CLASSIFIERS
-
-
-@keras.saving.register_keras_serializable(package="cdt_tf")
-class CosineClassifier(layers.Layer):
-    """Normalised linear classifier: z_c = <f / ||f||, w_c / ||w_c||>, in [-1, 1], no bias.
-
-    The last layer of LDAM's reference code (its NormedLinear); the loss scales z. Kernel [D, C].
-    """
-
-    def __init__(self, units: int, **kwargs):
-        super().__init__(**kwargs)
-        self.units = int(units)
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(
-            shape=(input_shape[-1], self.units), initializer=_he_normal(), name="kernel", dtype="float32"
-        )
-
-    def call(self, inputs):
-        features = keras.ops.normalize(keras.ops.cast(inputs, "float32"), axis=-1)
-        return keras.ops.matmul(features, keras.ops.normalize(self.kernel, axis=0))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units}
-
-
-def _classifier(features, num_classes: int, kind: str = "linear"):
-    if kind == "cosine":
-        return CosineClassifier(num_classes, name="classifier", dtype="float32")(features)
-    if kind != "linear":
-        raise ValueError(f"unknown classifier {kind!r}; use one of {CLASSIFIERS}")
-    return layers.Dense(num_classes, kernel_initializer=_he_normal(), name="classifier", dtype="float32")(
-        features
-    )
 
 
 def cifar_resnet(
@@ -193,13 +98,13 @@ def cifar_resnet(
         raise ValueError(f"CIFAR ResNet depth must be one of {CIFAR_RESNET_DEPTHS}, got {depth}")
     blocks_per_stage = (depth - 2) // 6
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn_relu(_normalize(inputs, mean, std), 16, 1, "stem", padding)
+    x = _conv_bn_relu(normalize_images(inputs, mean, std), 16, 1, "stem", padding)
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(blocks_per_stage):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name=f"resnet{depth}")
+    return keras.Model(inputs, classifier_output(features, num_classes, classifier), name=f"resnet{depth}")
 
 
 def digits_convnet(
@@ -212,10 +117,10 @@ def digits_convnet(
 ) -> keras.Model:
     """A small ConvNet for the 8x8 digits demo: 2 conv-BN-ReLU blocks, global pooling, Dense."""
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn_relu(_normalize(inputs, mean, std), 32, 1, "block1", padding)
+    x = _conv_bn_relu(normalize_images(inputs, mean, std), 32, 1, "block1", padding)
     x = _conv_bn_relu(x, 64, 2, "block2", padding)
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name="digits_convnet")
+    return keras.Model(inputs, classifier_output(features, num_classes, classifier), name="digits_convnet")
 
 
 MODEL_NAMES = catalog.MODEL_NAMES
@@ -232,7 +137,7 @@ def build_model(
 ) -> keras.Model:
     """Builds a model by name (one of MODEL_NAMES) with a linear or cosine classifier.
 
-    padding: how strided convolutions pad, one of CONV_PADDINGS (`_conv_bn`).
+    padding: how strided convolutions pad, one of CONV_PADDINGS (`network_layers.conv_bn`).
     """
     if padding not in CONV_PADDINGS:
         raise ValueError(f"unknown padding {padding!r}; use one of {CONV_PADDINGS}")
@@ -323,148 +228,3 @@ def with_classifier(model: keras.Model, kernel, bias) -> keras.Model:
     outputs = classifier(features)
     classifier.set_weights([kernel, bias])
     return keras.Model(model.inputs, outputs, name=model.name)
-
-
-# ----------------------------------------------------------------------------- ResNet-18 and ResNet-50
-# He et al. (2016)'s ImageNet ResNets for Tiny-ImageNet (ResNet-18) and iNaturalist (ResNet-50),
-# written with the conventions above (FusedBatchNormalization with PyTorch's momentum and eps,
-# He-normal fan-in init) and projection shortcuts (1x1 convolution + BN) where the shape changes.
-
-IMAGENET_MEAN, IMAGENET_STD = catalog.IMAGENET_MEAN, catalog.IMAGENET_STD  # The defaults of both.
-WIDTHS = (64, 128, 256, 512)
-
-
-def _conv_bn(
-    x,
-    filters: int,
-    kernel_size: int,
-    strides: int,
-    name: str,
-    padding: str,
-    relu: bool = True,
-    zero_gamma=False,
-):
-    """Conv (no bias) -> BN -> optional ReLU. Strided convolutions pad as `padding` says:
-
-    "symmetric": (kernel_size - 1) // 2 zeros on every side, then a "valid" convolution, as PyTorch's
-    `padding=k // 2` and the official TensorFlow ResNets' `fixed_padding`: output pixel i is centred
-    on input pixel stride * i, where the option-A shortcut (`x[::2, ::2]`) and a strided 1x1
-    projection also sample, so the two branches of a residual block stay aligned.
-    "same": Keras' "same", which on even sizes pads 0 before and 1 after, centring output i on
-    input 2i + 1: one pixel off the shortcut (the only choice before 2026-12-03; `conv_padding`).
-    Stride-1 convolutions (odd kernels) pad symmetrically either way.
-    """
-    conv_padding = "same"
-    if padding == "symmetric" and strides > 1:
-        if kernel_size > 1:
-            x = layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{name}_pad")(x)
-        conv_padding = "valid"
-    x = layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding=conv_padding,
-        use_bias=False,
-        kernel_initializer=_he_normal(),
-        name=f"{name}_conv",
-    )(x)
-    x = FusedBatchNormalization(
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        gamma_initializer="zeros" if zero_gamma else "ones",
-        name=f"{name}_bn",
-    )(x)
-    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
-
-
-def _residual_output(residual, x, filters: int, strides: int, name: str, padding: str):
-    """ReLU(residual + shortcut): x itself, or a projection (1x1 conv, stride, BN) where the shape changes."""
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_shortcut", padding, relu=False)
-    y = layers.Add(name=f"{name}_add")([residual, shortcut])
-    return layers.ReLU(name=f"{name}_out")(y)
-
-
-def _projection_basic_block(x, filters: int, strides: int, name: str, padding: str):
-    """ResNet-18's block: 3x3 (stride) -> 3x3, plus the shortcut."""
-    y = _conv_bn(x, filters, 3, strides, f"{name}_1", padding)
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", padding, relu=False)
-    return _residual_output(y, x, filters, strides, name, padding)
-
-
-def _bottleneck_block(x, filters: int, strides: int, name: str, padding: str):
-    """ResNet-50's block: 1x1 -> 3x3 (stride) -> 1x1 to 4 * filters, plus the shortcut.
-
-    The stride sits on the 3x3 convolution ("ResNet v1.5", as torchvision and the TPU ResNet-50
-    of the paper's iNaturalist code [8]); the last BN starts with gamma = 0 (as there), so each
-    block starts as the identity.
-    """
-    y = _conv_bn(x, filters, 1, 1, f"{name}_1", padding)
-    y = _conv_bn(y, filters, 3, strides, f"{name}_2", padding)
-    y = _conv_bn(y, 4 * filters, 1, 1, f"{name}_3", padding, relu=False, zero_gamma=True)
-    return _residual_output(y, x, 4 * filters, strides, name, padding)
-
-
-def resnet18(
-    num_classes: int,
-    input_shape: Sequence[int] = (64, 64, 3),
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    classifier: str = "linear",
-    padding: str = "symmetric",
-) -> keras.Model:
-    """ResNet-18 for 64x64 Tiny-ImageNet (and other small) images.
-
-    He et al.'s ImageNet ResNet-18 (basic blocks [2, 2, 2, 2], widths 64/128/256/512, stride 2 at
-    the start of stages 2-4, projection shortcuts) with the stem of small-image ResNet-18s: one
-    3x3 stride-1 convolution and no max-pool, instead of 7x7 stride 2 + 3x3 max-pool, which would
-    leave a 64x64 image 2x2 at the last stage (here 8x8). This is the ResNet-18 of the CIFAR /
-    Tiny-ImageNet code the paper's Table 4 follows (LDAM-DRW [5]). 11,173,962 trainable parameters
-    for 10 classes; 11,271,432 for Tiny-ImageNet's 200.
-
-    Args and returns: as `cifar_resnet` (no depth).
-    """
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 3, 1, "stem", padding)
-    for stage, filters in enumerate(WIDTHS):
-        for block in range(2):
-            strides = 2 if stage > 0 and block == 0 else 1
-            x = _projection_basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
-    features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name="resnet18")
-
-
-def resnet50(
-    num_classes: int,
-    input_shape: Sequence[int] = (224, 224, 3),
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    classifier: str = "linear",
-    padding: str = "symmetric",
-) -> keras.Model:
-    """ResNet-50 for 224x224 images (iNaturalist 2018).
-
-    He et al.'s ImageNet ResNet-50: 7x7 stride-2 stem, 3x3 stride-2 max-pool, bottleneck blocks
-    [3, 4, 6, 3] of widths 64/128/256/512 (outputs 4x), global average pooling to 2048 features
-    (see `_bottleneck_block` for the stride placement and the zero-initialised BN). 25,557,032
-    trainable parameters for 1,000 classes (as torchvision's); 40,190,990 for iNaturalist's 8,142.
-
-    Args and returns: as `cifar_resnet` (no depth).
-    """
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv_bn(_normalize(inputs, mean, std), WIDTHS[0], 7, 2, "stem", padding)
-    pool_padding = "same"
-    if padding == "symmetric":  # 1 each side; zeros equal PyTorch's -inf padding after a ReLU.
-        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-        pool_padding = "valid"
-    x = layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="stem_pool")(x)
-    for stage, (filters, blocks) in enumerate(zip(WIDTHS, (3, 4, 6, 3), strict=True)):
-        for block in range(blocks):
-            strides = 2 if stage > 0 and block == 0 else 1
-            x = _bottleneck_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}", padding)
-    features = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, _classifier(features, num_classes, classifier), name="resnet50")
-
-
-IMAGENET_RESNETS = {"resnet18": resnet18, "resnet50": resnet50}

@@ -119,6 +119,44 @@ def fit(strategy, model, build_model, train_data, config, steps_per_epoch: int, 
         optimizer.build(model.trainable_variables)  # Before a restore builds it outside the scope.
 
     evaluation_model = build_model() if chief else None  # Outside the scope: predict works on it.
+    callback_list = _callback_list(callbacks, chief, model, evaluation_model, config.epochs, steps_per_epoch)
+    distributed_data, endless = _distribute(strategy, train_data)
+    train_step, names = _train_step(strategy, model, loss, optimizer, config.batch_size)
+
+    model.stop_training = False
+    callback_list.on_train_begin()
+    initial_epoch = getattr(model, "_initial_epoch", None) or 0  # Set by BackupAndRestore.
+    if distribution.worker_count(tf_config) > 1:
+        initial_epoch = _adopt_chief_state(strategy, model, optimizer, initial_epoch)
+    training_logs = _train_epochs(
+        model,
+        callback_list,
+        train_step,
+        names,
+        distributed_data,
+        endless,
+        range(initial_epoch, config.epochs),
+        steps_per_epoch,
+    )
+    optimizer.finalize_variable_values(model.trainable_weights)
+    callback_list.on_train_end(logs=training_logs)
+
+    if not chief:
+        if not model.stop_training:  # Never write the weights of a NaN epoch.
+            model.save_weights(os.path.join(config.model_dir, "final.weights.h5"))
+            # Nothing to resume any more (a restart adopts the chief's state): as the chief's backup.
+            shutil.rmtree(os.path.join(config.model_dir, rundir.BACKUP), ignore_errors=True)
+        return None
+    _copy_trained_state(model, evaluation_model)
+    return evaluation_model
+
+
+def _callback_list(callbacks, chief: bool, model, evaluation_model, epochs: int, steps_per_epoch: int):
+    """The run's callbacks as this worker drives them: a CallbackList as Model.fit builds one.
+
+    A non-chief worker drops the CHIEF_ONLY callbacks; on the chief the PREDICTING ones get the
+    evaluation model, and a `_CopyWeights` before the first of them copies the trained weights in.
+    """
     kept = []
     for callback in callbacks:
         if not chief and isinstance(callback, CHIEF_ONLY):
@@ -131,30 +169,38 @@ def fit(strategy, model, build_model, train_data, config, steps_per_epoch: int, 
         add_history=True,
         add_progbar=chief,
         verbose=1 if sys.stdout.isatty() else 2,
-        epochs=config.epochs,
+        epochs=epochs,
         steps=steps_per_epoch,
         model=model,
     )
     for callback in kept:
         if isinstance(callback, PREDICTING):
             callback.set_model(evaluation_model)
+    return callback_list
 
+
+def _distribute(strategy, train_data) -> tuple:
+    """(the distributed dataset, whether train_data is endless) for the custom loop."""
     options = tf.data.Options()
     # The pipelines read in-memory arrays (or a list of files), not file shards: every worker builds
     # the whole seeded pipeline and keeps its replicas' parts of each global batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     distributed_data = strategy.experimental_distribute_dataset(train_data.with_options(options))
     endless = int(train_data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
-    train_step, names = _train_step(strategy, model, loss, optimizer, config.batch_size)
+    return distributed_data, endless
 
-    model.stop_training = False
-    callback_list.on_train_begin()
-    initial_epoch = getattr(model, "_initial_epoch", None) or 0  # Set by BackupAndRestore.
-    if distribution.worker_count(tf_config) > 1:
-        initial_epoch = _adopt_chief_state(strategy, model, optimizer, initial_epoch)
+
+def _train_epochs(
+    model, callback_list, train_step, names, distributed_data, endless: bool, epochs, steps_per_epoch: int
+):
+    """Model.fit's epoch loop over `epochs` (a range), driving the callbacks; the last epoch's logs.
+
+    The logs are running means over the epoch's global batches; model.stop_training (StopOnNaN)
+    ends the loop after the step that set it.
+    """
     iterator = iter(distributed_data) if endless else None
     training_logs = None
-    for epoch in range(initial_epoch, config.epochs):
+    for epoch in epochs:
         callback_list.on_epoch_begin(epoch)
         if not endless:  # One pass per epoch, reshuffled, as fit iterates a finite dataset.
             iterator = iter(distributed_data)
@@ -178,24 +224,20 @@ def fit(strategy, model, build_model, train_data, config, steps_per_epoch: int, 
         training_logs = epoch_logs
         if model.stop_training:
             break
-    optimizer.finalize_variable_values(model.trainable_weights)
-    callback_list.on_train_end(logs=training_logs)
+    return training_logs
 
-    if not chief:
-        if not model.stop_training:  # Never write the weights of a NaN epoch.
-            model.save_weights(os.path.join(config.model_dir, "final.weights.h5"))
-            # Nothing to resume any more (a restart adopts the chief's state): as the chief's backup.
-            shutil.rmtree(os.path.join(config.model_dir, rundir.BACKUP), ignore_errors=True)
-        return None
+
+def _copy_trained_state(model, evaluation_model) -> None:
+    """Copies the trained weights, the compile config and (where they match) the optimizer's
+    variables of the distributed model into the chief's evaluation model."""
     evaluation_model.set_weights(model.get_weights())
     evaluation_model.compile_from_config(model.get_compile_config())
-    source, target = optimizer.variables, evaluation_model.optimizer.variables
+    source, target = model.optimizer.variables, evaluation_model.optimizer.variables
     if [tuple(v.shape) for v in source] == [tuple(v.shape) for v in target]:
         for variable, value in zip(target, source, strict=True):
             variable.assign(keras.ops.convert_to_numpy(value))
     else:
         logging.warning("model.keras holds no optimizer state: its optimizer's variables differ")
-    return evaluation_model
 
 
 def _train_step(strategy, model, loss, optimizer, global_batch_size: int):

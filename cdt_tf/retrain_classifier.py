@@ -151,28 +151,10 @@ def retrain(
     The record holds the test split's accuracy and, for a run with --val_per_class, the
     validation split's (choose the smoothing there), and the stage's wall time in `seconds`.
     """
-    if bn_stats not in BN_STATS:
-        raise UserError(f"--bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
-    for flag, value in (("--smooth_head", smooth_head), ("--smooth_tail", smooth_tail)):
-        if not 0 <= value < 1:
-            raise UserError(f"{flag} must be in [0, 1) (both 0: plain cRT), got {value}")
+    _check_options(smooth_head, smooth_tail, bn_stats)
     started = time.monotonic()
     run = rundir.load_finished(model_dir, data_dir)
-    from cdt_tf import run_data  # Imports TensorFlow: after the directory is known good.
-
-    own = imbalance is None and imbalance_ratio is None and max_per_class is None
-    config = run.config
-    data = run.data
-    if not own:
-        config = dataclasses.replace(
-            config,
-            imbalance=imbalance if imbalance is not None else config.imbalance,
-            imbalance_ratio=imbalance_ratio if imbalance_ratio is not None else config.imbalance_ratio,
-            max_per_class=max_per_class if max_per_class is not None else config.max_per_class,
-            holdout_per_class=0,
-            val_per_class=0,
-        ).validate()
-        data = run_data.load(config)
+    config, data, own = classifier_data(run, imbalance, imbalance_ratio, max_per_class)
     counts = data.class_counts
     print(
         f"Retraining the classifier on {data.size('train')} images, per class {list(counts)} ...", flush=True
@@ -182,22 +164,7 @@ def retrain(
         smoothing = class_stats.label_aware_smoothing(counts, smooth_head, smooth_tail)
     batch_norm = None
     if bn_stats == "class_balanced":
-        from cdt_tf import models
-
-        stream = data.train_dataset(
-            dataclasses.replace(
-                config,
-                sampler="class_balanced",
-                mixup_alpha=0.0,
-                cutmix_alpha=0.0,
-                randaugment_magnitude=0.0,
-                cutout=0,
-            )
-        )
-        steps = max(1, data.size("train") // config.batch_size)
-        print(f"Re-estimating the batch-norm statistics on {steps} class-balanced batches ...", flush=True)
-        models.reestimate_batch_norm(run.model, stream, steps)
-        batch_norm = models.batch_norm_statistics(run.model)
+        batch_norm = class_balanced_batch_norm(run.model, config, data)
     network = probe(run.model)
     train = extract(network, data.eval_dataset("train"), data.labels("train"))
     kernel, bias = train_linear_classifier(
@@ -210,12 +177,99 @@ def retrain(
         seed=config.seed,
         smoothing=smoothing,
     )
+    summary, validation = _evaluate_classifier(network, run, kernel, bias)
+    record = {
+        "features_from": os.path.basename(os.path.normpath(model_dir)),
+        **_training_record(config, counts, sampler, epochs, smoothing, smooth_head, smooth_tail, bn_stats),
+        **_accuracy_record(summary, validation),
+        # Wall time of the whole second stage: loading the run, the feature passes and the training.
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    name = f"retrained_{record_tag(config, own, smoothing, smooth_head, smooth_tail, batch_norm)}_{sampler}"
+    rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias, batch_norm)
+    record["weights"] = f"{name}.npz"  # `python -m cdt_tf.export --classifier=crt` serves these.
+    rundir.write_json(os.path.join(model_dir, f"{name}.json"), record)
+    if own and sampler == "class_balanced":
+        _record_post_hoc(model_dir, posthoc_key(smoothing is not None, batch_norm is not None), record)
+    return record
+
+
+def _check_options(smooth_head: float, smooth_tail: float, bn_stats: str) -> None:
+    """Refuses (UserError) a --bn_stats or a label-aware smoothing that `retrain` does not take."""
+    if bn_stats not in BN_STATS:
+        raise UserError(f"--bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
+    for flag, value in (("--smooth_head", smooth_head), ("--smooth_tail", smooth_tail)):
+        if not 0 <= value < 1:
+            raise UserError(f"{flag} must be in [0, 1) (both 0: plain cRT), got {value}")
+
+
+def classifier_data(run, imbalance, imbalance_ratio, max_per_class):
+    """The data the new classifier trains on: the run's own subset, or another subset of its source.
+
+    Args:
+      run: the finished run (`rundir.load_finished`).
+      imbalance, imbalance_ratio, max_per_class: the other subset's; None keeps the run's value.
+        All three None: the run's own subset (cRT proper).
+
+    Returns:
+      (config, data, own): the config that draws the subset (no held-out or validation images
+      when it is another subset), its `run_data` data, and whether it is the run's own.
+    """
+    from cdt_tf import run_data  # Imports TensorFlow: after the directory is known good.
+
+    own = imbalance is None and imbalance_ratio is None and max_per_class is None
+    if own:
+        return run.config, run.data, own
+    config = dataclasses.replace(
+        run.config,
+        imbalance=imbalance if imbalance is not None else run.config.imbalance,
+        imbalance_ratio=imbalance_ratio if imbalance_ratio is not None else run.config.imbalance_ratio,
+        max_per_class=max_per_class if max_per_class is not None else run.config.max_per_class,
+        holdout_per_class=0,
+        val_per_class=0,
+    ).validate()
+    return config, run_data.load(config), own
+
+
+def class_balanced_batch_norm(model, config, data) -> dict:
+    """Re-estimates the model's batch-norm statistics on class-balanced batches; returns them.
+
+    One pass (the training images' count in batches) of class-balanced batches of `data`, augmented
+    by pad-crop-flip only (no MixUp, CutMix, RandAugment or Cutout), as `batch_norm_statistics`.
+    """
+    from cdt_tf import models
+
+    stream = data.train_dataset(
+        dataclasses.replace(
+            config,
+            sampler="class_balanced",
+            mixup_alpha=0.0,
+            cutmix_alpha=0.0,
+            randaugment_magnitude=0.0,
+            cutout=0,
+        )
+    )
+    steps = max(1, data.size("train") // config.batch_size)
+    print(f"Re-estimating the batch-norm statistics on {steps} class-balanced batches ...", flush=True)
+    models.reestimate_batch_norm(model, stream, steps)
+    return models.batch_norm_statistics(model)
+
+
+def _evaluate_classifier(network, run, kernel, bias) -> tuple[dict, dict | None]:
+    """`evaluate.summarize` of features @ kernel + bias on the run's test split and validation split
+    (None for a run without one), counted by the run's own class counts."""
     test = extract(network, run.data.eval_dataset("test"), run.data.labels("test"))
     summary = evaluate.summarize(test.features @ kernel + bias, test.labels, run.class_counts)
     validation = None
     if run.data.size("validation"):
         held = extract(network, run.data.eval_dataset("validation"), run.data.labels("validation"))
         validation = evaluate.summarize(held.features @ kernel + bias, held.labels, run.class_counts)
+    return summary, validation
+
+
+def record_tag(config, own: bool, smoothing, smooth_head: float, smooth_tail: float, batch_norm) -> str:
+    """The files' tag: the classifier data ("own", "balanced_max<N>", "<imbalance><ratio>_max<N>"),
+    then "_las<head>-<tail>" with label-aware smoothing and "_bn" with re-estimated batch norms."""
     if own:
         tag = "own"
     elif config.imbalance == "none":
@@ -226,8 +280,12 @@ def retrain(
         tag += f"_las{smooth_head:g}-{smooth_tail:g}"
     if batch_norm is not None:
         tag += "_bn"
-    record = {
-        "features_from": os.path.basename(os.path.normpath(model_dir)),
+    return tag
+
+
+def _training_record(config, counts, sampler, epochs, smoothing, smooth_head, smooth_tail, bn_stats) -> dict:
+    """The record's description of how the new classifier was trained: data, sampler, smoothing."""
+    return {
         "classifier_data": {
             "imbalance": config.imbalance,
             "imbalance_ratio": config.imbalance_ratio,
@@ -247,6 +305,12 @@ def retrain(
         ),
         "bn_stats": bn_stats,
         "method": "new Dense on frozen, unaugmented features; SGD 0.9, cosine-decayed LR 0.1, batch 512",
+    }
+
+
+def _accuracy_record(summary: dict, validation: dict | None) -> dict:
+    """The record's accuracies: the test split's, and the validation split's (or None)."""
+    return {
         "top1": summary["top1"],
         "top5": summary["top5"],
         "many_medium_few": summary["many_medium_few"],
@@ -256,20 +320,15 @@ def retrain(
             if validation is None
             else {k: validation[k] for k in ("top1", "top5", "many_medium_few", "per_class_accuracy")}
         ),
-        # Wall time of the whole second stage: loading the run, the feature passes and the training.
-        "seconds": round(time.monotonic() - started, 1),
     }
-    name = f"retrained_{tag}_{sampler}"
-    rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias, batch_norm)
-    record["weights"] = f"{name}.npz"  # `python -m cdt_tf.export --classifier=crt` serves these.
-    rundir.write_json(os.path.join(model_dir, f"{name}.json"), record)
-    if own and sampler == "class_balanced":
-        results_path = os.path.join(model_dir, rundir.RESULTS)
-        results = rundir.read_json(results_path, "object")
-        key = posthoc_key(smoothing is not None, batch_norm is not None)
-        results.setdefault("post_hoc", {})[key] = {"tau": None, "selected_on": None, **record}
-        rundir.write_json(results_path, results)
-    return record
+
+
+def _record_post_hoc(model_dir: str, key: str, record: dict) -> None:
+    """Adds a cRT record on the run's own subset to results.json as post_hoc.<key> (its tau: None)."""
+    results_path = os.path.join(model_dir, rundir.RESULTS)
+    results = rundir.read_json(results_path, "object")
+    results.setdefault("post_hoc", {})[key] = {"tau": None, "selected_on": None, **record}
+    rundir.write_json(results_path, results)
 
 
 def command(flag_values) -> None:

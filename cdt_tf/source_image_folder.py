@@ -12,7 +12,14 @@ import numpy as np
 
 from cdt_tf.data_types import Source, Split
 from cdt_tf.errors import DataError
-from cdt_tf.image_files import IMAGE_EXTENSIONS, decode_images, decode_one, is_image_name, skip_unreadable
+from cdt_tf.image_files import (
+    IMAGE_EXTENSIONS,
+    decode_images,
+    decode_one,
+    files_by_class,
+    is_image_name,
+    skip_unreadable,
+)
 
 
 def _list_folder(split_dir: str) -> tuple[list[str], list[str], list[int]]:
@@ -32,17 +39,14 @@ def _list_folder(split_dir: str) -> tuple[list[str], list[str], list[int]]:
     )
     if not class_names:
         raise DataError(f"{split_dir} holds no class folders; expected {split_dir}/<class>/<image>")
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        class_dir = os.path.join(split_dir, name)
-        files = _image_files_recursive(class_dir)
-        if not files:
-            raise DataError(
-                f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                "add images or remove the folder"
-            )
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [label] * len(files)
+    paths, labels = files_by_class(
+        [os.path.join(split_dir, name) for name in class_names],
+        _image_files_recursive,
+        lambda _, class_dir: (
+            f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            "add images or remove the folder"
+        ),
+    )
     return class_names, paths, labels
 
 

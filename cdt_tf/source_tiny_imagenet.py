@@ -8,7 +8,7 @@ import numpy as np
 
 from cdt_tf.data_types import IMAGENET_MEAN, IMAGENET_STD, Source, Split
 from cdt_tf.errors import DataError
-from cdt_tf.image_files import decode_images, is_image_name, skip_unreadable
+from cdt_tf.image_files import decode_images, files_by_class, is_image_name, skip_unreadable
 
 TINY_IMAGENET_SIZE = 64
 
@@ -66,18 +66,14 @@ def _read_wnids(data_dir: str) -> list[str]:
 
 def _train_files(data_dir: str, wnids: list[str]) -> tuple[list[str], list[int]]:
     """(paths, labels) of train/<wnid>/images/*: every class needs at least one image."""
-    train_paths, train_labels = [], []
-    for label, wnid in enumerate(wnids):
-        class_dir = os.path.join(data_dir, "train", wnid, "images")
-        files = sorted(_image_files(class_dir)) if os.path.isdir(class_dir) else []
-        if not files:
-            raise DataError(
-                f"no images for class {wnid} in {class_dir}; the training images of each wnid in "
-                "wnids.txt belong in train/<wnid>/images/"
-            )
-        train_paths += [os.path.join(class_dir, f) for f in files]
-        train_labels += [label] * len(files)
-    return train_paths, train_labels
+    return files_by_class(
+        [os.path.join(data_dir, "train", wnid, "images") for wnid in wnids],
+        lambda class_dir: sorted(_image_files(class_dir)) if os.path.isdir(class_dir) else [],
+        lambda label, class_dir: (
+            f"no images for class {wnids[label]} in {class_dir}; the training images of each wnid in "
+            "wnids.txt belong in train/<wnid>/images/"
+        ),
+    )
 
 
 def _val_files(data_dir: str, wnids: list[str]) -> tuple[list[str], list[int]]:

@@ -2,7 +2,8 @@
 
 Layers, lowest first (BUILD.md's module map): a module imports only modules of its own layer or
 below, never in a cycle; inside the data layer the sources run one way too (types <- image files <-
-one module per source <- the `datasets` registry); `tools/` and `experiments/` are never imported by
+one module per source <- the `datasets` registry), and so do the networks (network_layers <-
+imagenet_resnets <- models); `tools/` and `experiments/` are never imported by
 the package; the facts import neither TensorFlow nor Keras; callbacks and losses never build datasets.
 """
 
@@ -45,6 +46,8 @@ LAYERS = (
             "models",
             "max_norm",
             "sam",
+            "imagenet_resnets",
+            "network_layers",
         },
     ),
     ("run directory", {"rundir", "durability", "features"}),
@@ -63,6 +66,10 @@ SOURCE_LAYERS = (
 )
 SOURCE_RANK = {module: rank for rank, modules in enumerate(SOURCE_LAYERS) for module in modules}
 DATA_BUILDERS = {"input_pipeline", "augment", "run_data"} | set(SOURCE_RANK)
+# The networks, lowest first: the layers every network is built from, ResNet-18/50, the registry by
+# --model name (with the CIFAR ResNets and the digits ConvNet).
+NET_LAYERS = ({"network_layers"}, {"imagenet_resnets"}, {"models"})
+NET_RANK = {module: rank for rank, modules in enumerate(NET_LAYERS) for module in modules}
 
 
 def _modules() -> list[str]:
@@ -118,6 +125,13 @@ def test_data_sources_import_downward(module):
     """data_types <- image_files <- source_* <- datasets: no source imports another or the registry."""
     found = GRAPH[module] & SOURCE_RANK.keys()
     assert sorted(m for m in found if SOURCE_RANK[m] >= SOURCE_RANK[module]) == []
+
+
+@pytest.mark.parametrize("module", sorted(NET_RANK))
+def test_networks_import_downward(module):
+    """network_layers <- imagenet_resnets <- models."""
+    found = GRAPH[module] & NET_RANK.keys()
+    assert sorted(m for m in found if NET_RANK[m] >= NET_RANK[module]) == []
 
 
 def test_no_import_cycles():

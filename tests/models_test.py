@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdt_tf import models
+from cdt_tf import models, network_layers
 from cdt_tf.models import (
     FusedBatchNormalization,
     ZeroPadShortcut,
@@ -316,7 +316,7 @@ def test_strided_convolutions_are_centred_where_the_shortcut_samples(padding, ce
     Keras "same" (the padding of runs before conv_padding existed) sees (2i + 1, 2j + 1).
     """
     inputs = keras.Input((8, 8, 1))
-    x = models._conv_bn(inputs, 1, 3, 2, "probe", padding, relu=False)
+    x = network_layers.conv_bn(inputs, 1, 3, 2, "probe", padding, relu=False)
     model = keras.Model(inputs, x)
     kernel = np.zeros((3, 3, 1, 1), np.float32)
     kernel[1, 1, 0, 0] = 1.0

@@ -21,7 +21,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from cdt_tf import catalog, cli, distribution, input_pipeline, models, run_data, train  # noqa: E402
+from cdt_tf import (  # noqa: E402
+    catalog,
+    cli,
+    distribution,
+    input_pipeline,
+    models,
+    network_layers,
+    run_data,
+    train,
+)
 from cdt_tf import config as config_lib  # noqa: E402
 from cdt_tf.optimizers import CoupledDecaySGD  # noqa: E402
 
@@ -90,9 +99,9 @@ def main(_):
 
     requested = FLAGS.precision or config_lib.Config.precision  # The dataclass default is the CLI's.
     precision = distribution.set_precision(distribution.machine_precision(requested))
-    models.FusedBatchNormalization.cast_to_float32 = FLAGS.bn_cast_float32
-    if FLAGS.keras_batchnorm:
-        models.FusedBatchNormalization = keras.layers.BatchNormalization
+    network_layers.FusedBatchNormalization.cast_to_float32 = FLAGS.bn_cast_float32
+    if FLAGS.keras_batchnorm:  # network_layers.conv_bn builds every network's batch norms.
+        network_layers.FusedBatchNormalization = keras.layers.BatchNormalization
     model = models.build_model(
         FLAGS.model, 10, images.shape[1:], *data.normalization(), padding=FLAGS.conv_padding
     )
