@@ -15,10 +15,10 @@ from cdt_tf import (
     distribution,
     durability,
     evaluate,
-    losses,
     max_norm,
     models,
     multi_worker,
+    objective,
     post_hoc,
     run_data,
     rundir,
@@ -34,78 +34,12 @@ from cdt_tf.callbacks import (
     ScheduleLogger,
     StopOnNaN,
     TrainingStatistics,
-    VariableSchedule,
 )
 from cdt_tf.config import Config
 from cdt_tf.errors import TrainingError
 from cdt_tf.features import Features
 from cdt_tf.optimizers import CoupledDecaySGD
 from cdt_tf.schedules import WarmupStepDecay
-
-
-def build_loss(config: Config, class_counts) -> keras.losses.Loss:
-    """The --loss objective. With DRW its class weights start at 1 (see `loss_schedules`).
-
-    Every loss takes --prior_tau (the training logits get tau * log pi_c added; `loss_base`).
-    """
-    common = {"weight_reduction": config.class_weight_reduction, "prior_tau": config.prior_tau}
-    if config.drw_epoch:
-        common["class_weights"] = [1.0] * len(class_counts)
-    return LOSS_BUILDERS[config.loss](config, class_counts, common)
-
-
-def _cross_entropy(config: Config, class_counts, common: dict) -> keras.losses.Loss:
-    # Keras' sparse CE takes no soft labels nor prior: else the equal WeightedCrossEntropy (weights 1).
-    if not config.drw_epoch and not config.mixes_batches and not config.prior_tau:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return losses.WeightedCrossEntropy(class_counts, **common)
-
-
-# --loss name -> (config, N_c, the class-weight arguments every class-weighted loss takes) -> loss.
-LOSS_BUILDERS = {
-    "ce": _cross_entropy,
-    "cdt": lambda config, counts, common: losses.CDTLoss(counts, _initial_gamma(config), **common),
-    "reweight": lambda config, counts, common: losses.ReweightedCrossEntropy(
-        counts, _initial_gamma(config), **common
-    ),
-    "focal": lambda config, counts, common: losses.FocalLoss(counts, config.focal_gamma, **common),
-    "cb": lambda config, counts, common: losses.ClassBalancedLoss(
-        counts, config.cb_beta, config.focal_gamma if config.cb_loss == "focal" else 0.0, **common
-    ),
-    "ldam": lambda config, counts, common: losses.LDAMLoss(
-        counts, config.ldam_max_margin, config.ldam_scale, **common
-    ),
-    "la": lambda config, counts, common: losses.LogitAdjustedLoss(counts, config.la_tau, **common),
-}
-
-
-def _initial_gamma(config: Config) -> float:
-    return schedules.gamma_at(0, config.gamma, config.gamma_schedule, config.gamma_epoch)
-
-
-def loss_schedules(config: Config, loss, class_counts) -> list[keras.callbacks.Callback]:
-    """Callbacks that move the loss's gamma (--gamma_schedule) and class weights (--drw_epoch)."""
-    callbacks = []
-    if config.gamma_schedule != "constant":
-        callbacks.append(
-            VariableSchedule(
-                loss.gamma,
-                lambda epoch: schedules.gamma_at(
-                    epoch, config.gamma, config.gamma_schedule, config.gamma_epoch
-                ),
-            )
-        )
-    if config.drw_epoch:
-        weights = class_stats.effective_number_weights(class_counts, config.cb_beta).tolist()
-        callbacks.append(
-            VariableSchedule(
-                loss.class_weights,
-                lambda epoch: schedules.deferred_weights_at(epoch, weights, config.drw_epoch),
-                log_name="drw",
-                log_value=lambda value: float(any(w != 1.0 for w in value)),
-            )
-        )
-    return callbacks
 
 
 def train_and_evaluate(config: Config) -> dict | None:
@@ -295,7 +229,7 @@ def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
                 flush=True,
             )
         model = sam.SharpnessAwareModel.wrap(model, config.sam_rho, tail_classes)
-    loss = build_loss(config, data.class_counts)
+    loss = objective.build_loss(config, data.class_counts)
     optimizer = CoupledDecaySGD(
         coupled_weight_decay=config.weight_decay,
         learning_rate=learning_rate_schedule(config, steps_per_epoch),
@@ -336,18 +270,6 @@ def training_metrics(num_classes: int, soft_labels: bool) -> list[keras.metrics.
     return metrics + ([top5] if num_classes > 5 else [])
 
 
-def mix_schedule(config: Config, mix_prob) -> VariableSchedule:
-    """The callback that sets the pipeline's mixing probability (a tf.Variable it reads per batch) at
-    each epoch's start: --mix_schedule's `schedules.mix_prob_at`, logged as metrics.jsonl's mix_prob."""
-    return VariableSchedule(
-        mix_prob,
-        lambda epoch: schedules.mix_prob_at(
-            epoch, config.mix_prob, config.mix_schedule, config.mix_until_epoch, config.mix_ramp_start
-        ),
-        log_name="mix_prob",
-    )
-
-
 def build_callbacks(
     config: Config, data: run_data.RunData, test_data, loss, steps_per_epoch: int, mix_prob=None
 ) -> tuple[list[keras.callbacks.Callback], StopOnNaN, PerClassEvaluation]:
@@ -368,9 +290,9 @@ def build_callbacks(
         config.eval_every,
         config.epochs,
     )
-    scheduled = loss_schedules(config, loss, data.class_counts)
+    scheduled = objective.loss_schedules(config, loss, data.class_counts)
     if mix_prob is not None:
-        scheduled.append(mix_schedule(config, mix_prob))
+        scheduled.append(objective.mix_schedule(config, mix_prob))
     callbacks = [
         *scheduled,  # First: later callbacks log the values they set.
         stop_on_nan,

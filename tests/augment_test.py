@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdt_tf import augment, train
+from cdt_tf import augment, objective, train
 from cdt_tf.config import Config
 from cdt_tf.errors import UserError
 
@@ -274,7 +274,7 @@ def test_a_ramp_run_mixes_its_batches_as_scheduled():
     dataset = augment.augment_dataset(
         _batches(count=40), NUM_CLASSES, 8, seed=0, mixup_alpha=config.mixup_alpha, mix_prob=mix_prob
     )
-    callback = train.mix_schedule(config, mix_prob)
+    callback = objective.mix_schedule(config, mix_prob)
     fractions, logged = [], []
     for epoch in range(5):
         callback.on_epoch_begin(epoch)

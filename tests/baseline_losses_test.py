@@ -374,13 +374,13 @@ def test_soft_label_gradients_are_the_mixed_gradients(loss):
 
 
 def test_plain_cross_entropy_takes_soft_labels_when_batches_are_mixed():
-    from cdt_tf import train
+    from cdt_tf import objective
     from cdt_tf.config import Config
 
     plain = Config(dataset="digits", model_dir="/tmp/run").validate()
     mixed = Config(dataset="digits", model_dir="/tmp/run", mixup_alpha=0.2).validate()
-    assert isinstance(train.build_loss(plain, COUNTS), keras.losses.SparseCategoricalCrossentropy)
-    loss = train.build_loss(mixed, COUNTS)
+    assert isinstance(objective.build_loss(plain, COUNTS), keras.losses.SparseCategoricalCrossentropy)
+    loss = objective.build_loss(mixed, COUNTS)
     assert isinstance(loss, losses.WeightedCrossEntropy)
     keras_ce = keras.losses.CategoricalCrossentropy(from_logits=True)
     assert float(loss(SOFT_LABELS, LOGITS)) == pytest.approx(float(keras_ce(SOFT_LABELS, LOGITS)), rel=1e-6)

@@ -52,7 +52,7 @@ LAYERS = (
     ),
     ("run directory", {"rundir", "durability", "features"}),
     ("reports", {"post_hoc", "analyze", "retrain_classifier", "export"}),
-    ("training", {"train", "callbacks", "multi_worker"}),
+    ("training", {"train", "objective", "callbacks", "multi_worker"}),
     ("entry points", {"main"}),
 )
 RANK = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}

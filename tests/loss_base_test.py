@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from cdt_tf import class_stats, losses, train
+from cdt_tf import class_stats, losses, objective
 from cdt_tf.config import Config
 from cdt_tf.errors import UserError
 
@@ -168,13 +168,13 @@ def _config(**overrides):
 
 @pytest.mark.parametrize("loss", ["ce", "cdt", "reweight", "focal", "cb", "ldam", "la"])
 def test_build_loss_passes_prior_tau_to_every_loss(loss):
-    built = train.build_loss(_config(loss=loss, prior_tau=0.5, gamma=0.3), COUNTS)
+    built = objective.build_loss(_config(loss=loss, prior_tau=0.5, gamma=0.3), COUNTS)
     assert built.prior_tau == 0.5
 
 
 def test_plain_ce_keeps_keras_cross_entropy_without_the_prior():
-    assert isinstance(train.build_loss(_config(), COUNTS), keras.losses.SparseCategoricalCrossentropy)
-    built = train.build_loss(_config(prior_tau=1.0), COUNTS)
+    assert isinstance(objective.build_loss(_config(), COUNTS), keras.losses.SparseCategoricalCrossentropy)
+    built = objective.build_loss(_config(prior_tau=1.0), COUNTS)
     assert isinstance(built, losses.WeightedCrossEntropy)
     assert value(built, LABELS, LOGITS) == pytest.approx(
         value(losses.WeightedCrossEntropy(COUNTS, prior_tau=1.0), LABELS, LOGITS), rel=1e-7

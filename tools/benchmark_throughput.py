@@ -28,8 +28,8 @@ from cdt_tf import (  # noqa: E402
     input_pipeline,
     models,
     network_layers,
+    objective,
     run_data,
-    train,
 )
 from cdt_tf import config as config_lib  # noqa: E402
 from cdt_tf.optimizers import CoupledDecaySGD  # noqa: E402
@@ -107,7 +107,7 @@ def main(_):
     )
     model.compile(
         optimizer=CoupledDecaySGD(coupled_weight_decay=2e-4, learning_rate=0.1, momentum=0.9),
-        loss=train.build_loss(config, class_counts),
+        loss=objective.build_loss(config, class_counts),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=FLAGS.jit_compile,
     )
