@@ -20,7 +20,7 @@ PACKAGE_DIR = os.path.join(REPO_ROOT, "cdt_tf")
 
 LAYERS = (
     ("facts", {"catalog", "class_stats", "errors", "paper_results"}),
-    ("config", {"config", "flag_definitions", "cli"}),
+    ("config", {"config", "config_checks", "flag_definitions", "cli"}),
     (
         "data, methods, nets",
         {
