@@ -51,7 +51,7 @@ LAYERS = (
         },
     ),
     ("run directory", {"rundir", "durability", "features"}),
-    ("reports", {"post_hoc", "analyze", "retrain_classifier", "export"}),
+    ("reports", {"post_hoc", "analyze", "retrain_classifier", "export", "serving_module"}),
     ("training", {"train", "objective", "callbacks", "multi_worker"}),
     ("entry points", {"main"}),
 )
