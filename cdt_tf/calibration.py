@@ -1,4 +1,5 @@
-"""Post-hoc calibration of decision values, applied after training (no retraining).
+"""Post-hoc calibration of decision values, applied after training (no retraining): N_c^tau and
+logit adjustment, as Keras layers for the exported graph.
 
 N_c^tau (Ye et al., "Identifying and Compensating for Feature Deviation in Imbalanced Deep
 Learning", §4.1, eq. 5) divides the decision value of class c by its training-set size raised
@@ -84,8 +85,47 @@ def nc_tau_scale(tau: float, class_counts: Sequence[int]) -> float:
     return math.exp(max(tau * log_max - _LOG_SCALE_LIMIT, 0.0))
 
 
+class _TauCalibration(keras.layers.Layer):
+    """Base of the calibration layers: class counts, tau in a non-trainable variable or per call.
+
+    Subclasses implement `calibrate(logits float32 [B, C], tau float32 []) -> [B, C] float32`.
+    """
+
+    def __init__(self, class_counts: Sequence[int], tau: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.class_counts = [int(c) for c in _checked_counts(class_counts)]
+        self.tau = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(check_tau(tau)),
+            trainable=False,
+            dtype="float32",
+            name="tau",
+        )
+
+    def call(self, logits, tau=None):
+        """logits [B, C] -> calibrated logits [B, C] (float32); tau: an optional float32 scalar."""
+        if tau is None:
+            tau = self.tau
+        elif isinstance(tau, numbers.Real):
+            tau = check_tau(tau)
+        return self.calibrate(keras.ops.cast(logits, "float32"), tau)
+
+    def calibrate(self, logits, tau):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "class_counts": list(self.class_counts),
+            "tau": float(keras.ops.convert_to_numpy(self.tau)),
+        }
+
+
 @keras.saving.register_keras_serializable(package="cdt_tf")
-class NcTauCalibration(keras.layers.Layer):
+class NcTauCalibration(_TauCalibration):
     """Divides decision values by N_c^tau (eq. 5 of Ye et al., §4.1): logits [B, C] -> [B, C] float32.
 
     The prediction of the calibrated rule is the argmax of the output. tau lives in a
@@ -113,48 +153,58 @@ class NcTauCalibration(keras.layers.Layer):
     """
 
     def __init__(self, class_counts: Sequence[int], tau: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        counts = _checked_counts(class_counts)
-        tau = check_tau(tau)
-        log_counts = np.log(counts)
+        super().__init__(class_counts, tau, **kwargs)
+        log_counts = np.log(np.asarray(self.class_counts, np.float64))
         spread = TAU_RANGE[1] * float(log_counts.max() - log_counts.min())
         if spread > 2 * _LOG_SCALE_LIMIT:
             limit = 2 * _LOG_SCALE_LIMIT / TAU_RANGE[1]
             raise ValueError(
-                f"class counts from {int(counts.min())} to {int(counts.max())} images are too imbalanced "
-                f"for N_c^tau in float32 (N_max / N_min must be at most e^{limit:g})"
+                f"class counts from {min(self.class_counts)} to {max(self.class_counts)} images are too "
+                f"imbalanced for N_c^tau in float32 (N_max / N_min must be at most e^{limit:g})"
             )
-        self.class_counts = [int(c) for c in counts]
         # N_c^-tau = exp(-tau * log N_c), in float64: one exp per class instead of a pow.
         self._log_counts = log_counts
         self._log_max = float(log_counts.max())
-        self.tau = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(tau),
-            trainable=False,
-            dtype="float32",
-            name="tau",
-        )
 
-    def call(self, logits, tau=None):
-        """logits [B, C] -> logits / N_c^tau [B, C] (float32); tau: an optional float32 scalar."""
-        if tau is None:
-            tau = self.tau
-        elif isinstance(tau, numbers.Real):
-            tau = check_tau(tau)
+    def calibrate(self, logits, tau):
+        """logits / N_c^tau (times nc_tau_scale's constant where N_max^tau > e^60)."""
         tau = keras.ops.cast(tau, "float64")
         log_counts = keras.ops.convert_to_tensor(self._log_counts, "float64")
         # s = max(0, tau ln N_max - 60): 0 (exact division) unless N_max^tau would exceed e^60.
         shift = keras.ops.maximum(tau * self._log_max - _LOG_SCALE_LIMIT, 0.0)
-        scale = keras.ops.cast(keras.ops.exp(shift - tau * log_counts), "float32")
-        return keras.ops.cast(logits, "float32") * scale
+        return logits * keras.ops.cast(keras.ops.exp(shift - tau * log_counts), "float32")
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "class_counts": list(self.class_counts),
-            "tau": float(keras.ops.convert_to_numpy(self.tau)),
-        }
+@keras.saving.register_keras_serializable(package="cdt_tf")
+class LogitAdjustmentCalibration(_TauCalibration):
+    """Post-hoc logit adjustment (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment"):
+    logits [B, C] -> logits - tau * log pi_c [B, C] float32, pi_c = N_c / sum_k N_k the training prior.
+
+    The prediction argmax_c z_c - tau log pi_c moves images from the head classes (large pi_c, small
+    -log pi_c) to the tail; tau = 1 is the Bayes-optimal rule for a balanced test set when the
+    softmax estimates the training posterior. Same interface as NcTauCalibration: tau in a
+    non-trainable `keras.Variable`, or per call `layer(logits, tau=t)`; tau in TAU_RANGE, checked at
+    construction and for a Python number passed per call. The subtraction cannot underflow: the
+    offsets are at most tau * ln(N / N_min) (under 5 * 60 for any realistic counts).
+
+    Args:
+      class_counts: training images per class N_c [C], each >= 1 (results.json's class_counts).
+      tau: the default tau (a float in TAU_RANGE; 0 is the plain argmax of the logits).
+
+    Example:
+      calibrated = LogitAdjustmentCalibration([5000, 2997, ..., 50], tau=0.46)(model.output)
+    """
+
+    def __init__(self, class_counts: Sequence[int], tau: float = 0.0, **kwargs):
+        super().__init__(class_counts, tau, **kwargs)
+        counts = np.asarray(self.class_counts, np.float64)
+        self._log_prior = np.log(counts / counts.sum()).astype(np.float32)
+
+    def calibrate(self, logits, tau):
+        """logits - tau log pi_c."""
+        log_prior = keras.ops.convert_to_tensor(self._log_prior, "float32")
+        return logits - keras.ops.cast(tau, "float32") * log_prior
+
+
+# catalog.CALIBRATIONS (cdt_tf.export --calibration) -> the layer that applies it, (class_counts, tau).
+CALIBRATION_LAYERS = {"nc_tau": NcTauCalibration, "logit_adjustment": LogitAdjustmentCalibration}

@@ -41,6 +41,8 @@ SAM_CLASSES = ("all", "tail")
 # Second stages on a finished run's frozen features (cdt_tf.retrain_classifier; main's --second_stage):
 # cRT, with label-aware smoothing (_las), on re-estimated batch-norm statistics (_bn). Each is also the
 # key of its results.json post_hoc entry and a cdt_tf.export --classifier.
+# The calibrations cdt_tf.export can put in the served graph (cdt_tf.calibration.CALIBRATION_LAYERS).
+CALIBRATIONS = ("nc_tau", "logit_adjustment")
 SECOND_STAGES = ("crt", "crt_las", "crt_bn", "crt_las_bn")
 
 # Input pipeline (cdt_tf.input_pipeline).

@@ -1,13 +1,16 @@
-r"""SavedModel export for TensorFlow Serving: preprocessing, the trained network and N_c^tau in one graph.
+r"""SavedModel export for TensorFlow Serving: preprocessing, the trained network and a calibration
+(N_c^tau, or logit adjustment with --calibration=logit_adjustment) in one graph.
 
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt --tau=0.5
+  # CDT+'s prediction: logit adjustment at the tau its selection run chose on validation.
+  python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt_plus --calibration=logit_adjustment
   # The network with the classifier cdt_tf.retrain_classifier retrained (cRT; crt_las: with LAS).
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt --classifier=crt
 
 Writes the next TF Serving version directory `<export_dir>/<N>/` (1, 2, ...; an existing version is
 never touched): saved_model.pb, variables/, assets/class_names.txt (one name per line, read by the
-graph) and cdt_export.json (tau, class counts, source run). The directory is written under a
+graph) and cdt_export.json (calibration, tau, class counts, source run). The directory is written under a
 temporary name and renamed when complete, so a server watching export_dir never sees half of it.
 N is 1 + the largest version already there, counting every name TF Serving reads as a version
 (see parse_version: "05" is version 5, so the next is 6); N is always written plainly ("6").
@@ -16,7 +19,8 @@ Signatures (every output is batched, B = the number of images):
   serving_default     images uint8 [B, H, W, 3]
   serve_image_bytes   image_bytes string [B] (JPEG/PNG/GIF/BMP file contents; REST: {"b64": ...})
   serve_with_tau      images uint8 [B, H, W, 3], tau float32 [] (scalar)
-  -> logits float32 [B, C] (raw decision values), calibrated_logits float32 [B, C] (logits / N_c^tau),
+  -> logits float32 [B, C] (raw decision values), calibrated_logits float32 [B, C] (logits / N_c^tau;
+     with --calibration=logit_adjustment, logits - tau log pi_c, pi_c = N_c / N the training prior),
      probabilities float32 [B, C] (softmax of calibrated_logits), classes int64 [B] (their argmax),
      class_names string [B] (the name of classes).
 An empty batch (B = 0: images [0, H, W, 3], image_bytes []) returns empty outputs ([0, C], [0]).
@@ -26,11 +30,12 @@ compatible with expected shape [?]"); send a batch of one, [data].
 tau must lie in cdt_tf.calibration.TAU_RANGE ([0, 5]): --tau, a recorded tau and serve_with_tau's
 tau outside it are refused. calibrated_logits is exactly logits / N_c^tau unless N_max^tau > e^60
 (more than 162,754 images in a class), where it is that times a positive constant so that nothing
-underflows (see NcTauCalibration); classes is always the argmax of logits / N_c^tau.
+underflows (see NcTauCalibration); classes is always the argmax of the calibrated rule.
 
 Images of another size than the model's are resized (bilinear, rounded to uint8 levels), as the
 data loader resized the training and test images (cdt_tf.datasets.decode_images). tau defaults to
-results.json's post_hoc.nc_tau.tau (the tau selected for the run), else 0 (plain argmax); with a
+results.json's post_hoc.<calibration>.tau (the tau selected for the run: on the test set, a held-out
+or validation split, or --tau_from's run, as its selected_on says), else 0 (plain argmax); with a
 retrained classifier (--classifier=crt, crt_las, crt_bn or crt_las_bn), to 0. CDT's
 temperatures are a training device only and are not part of the graph.
 """
@@ -73,8 +78,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float(
         "tau",
         None,
-        "N_c^tau exponent of serving_default and serve_image_bytes, within "
-        "cdt_tf.calibration.TAU_RANGE, 0 to 5 (default: results.json's post_hoc.nc_tau.tau, else 0).",
+        "tau of --calibration in serving_default and serve_image_bytes, within "
+        "cdt_tf.calibration.TAU_RANGE, 0 to 5 (default: results.json's post_hoc.<calibration>.tau, "
+        "else 0).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "calibration",
+        "nc_tau",
+        catalog.CALIBRATIONS,
+        "The rule the signatures apply to the logits: nc_tau (logits / N_c^tau, the paper's eq. 5) or "
+        "logit_adjustment (logits - tau log pi_c; CDT+'s prediction).",
         flag_values=flag_values,
     )
     flags.DEFINE_enum(
@@ -93,12 +107,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def default_tau(results: dict) -> tuple[float, str]:
-    """(tau, where it came from): results.json's post_hoc.nc_tau.tau when recorded, else 0."""
-    tau = ((results.get("post_hoc") or {}).get("nc_tau") or {}).get("tau")
-    if tau is None:
-        return 0.0, "default (no post_hoc.nc_tau.tau in results.json)"
-    return float(tau), "results.json post_hoc.nc_tau.tau"
+def default_tau(results: dict, calibration: str = "nc_tau") -> tuple[float, str]:
+    """(tau, where it came from): results.json's post_hoc.<calibration>.tau when recorded, else 0."""
+    entry = (results.get("post_hoc") or {}).get(calibration) or {}
+    if entry.get("tau") is None:
+        return 0.0, f"default (no post_hoc.{calibration}.tau in results.json)"
+    selected_on = f", selected on {entry['selected_on']}" if entry.get("selected_on") else ""
+    return float(entry["tau"]), f"results.json post_hoc.{calibration}.tau{selected_on}"
 
 
 def parse_version(name: str) -> int | None:
@@ -138,7 +153,9 @@ def check_class_names(class_names) -> list[str]:
     return names
 
 
-def export_model(model, class_counts, class_names, export_dir: str, tau: float = 0.0, metadata=None) -> str:
+def export_model(
+    model, class_counts, class_names, export_dir: str, tau: float = 0.0, metadata=None, calibration="nc_tau"
+) -> str:
     """Writes the next version directory of export_dir; returns its path.
 
     Args:
@@ -146,8 +163,9 @@ def export_model(model, class_counts, class_names, export_dir: str, tau: float =
       class_counts: training images per class N_c [C].
       class_names: the C class names.
       export_dir: TF Serving's model base path (created if missing).
-      tau: the N_c^tau exponent of serving_default and serve_image_bytes.
+      tau: the tau of the calibration in serving_default and serve_image_bytes.
       metadata: extra JSON-able entries for cdt_export.json.
+      calibration: "nc_tau" (logits / N_c^tau) or "logit_adjustment" (logits - tau log pi_c).
     """
     import tensorflow as tf
 
@@ -169,7 +187,7 @@ def export_model(model, class_counts, class_names, export_dir: str, tau: float =
         names_path = os.path.join(staging, CLASS_NAMES_FILE)  # Copied to assets/ by the save.
         with open(names_path, "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in names))
-        module = build_serving_module(model, class_counts, names_path, tau)
+        module = build_serving_module(model, class_counts, names_path, tau, calibration)
         signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
         # Keras 3 variables reached only through the Keras model are restored by tf.saved_model.load
         # but not by the TF1-style loader of TF Serving and saved_model_cli ("Could not find variable
@@ -180,6 +198,7 @@ def export_model(model, class_counts, class_names, export_dir: str, tau: float =
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved, signatures=signatures)
         content = {
+            "calibration": calibration,
             "tau": float(tau),
             "class_counts": [int(c) for c in class_counts],
             "image_size": list(model.inputs[0].shape[1:3]),
@@ -217,7 +236,11 @@ def retrained_classifier(model_dir: str, results: dict, classifier: str) -> tupl
 
 
 def export_run(
-    model_dir: str, export_dir: str | None = None, tau: float | None = None, classifier: str = "trained"
+    model_dir: str,
+    export_dir: str | None = None,
+    tau: float | None = None,
+    classifier: str = "trained",
+    calibration: str = "nc_tau",
 ) -> tuple[str, float]:
     """Exports a finished run's model.keras (with a retrained classifier if asked); returns (path, tau)."""
     _, _, results = rundir.read_finished(model_dir)  # JSON only: a bad directory is refused before TF loads.
@@ -229,7 +252,7 @@ def export_run(
     elif weights:
         tau, tau_source = 0.0, f"0: the {classifier} classifier was trained on class-balanced batches"
     else:
-        tau, tau_source = default_tau(results)
+        tau, tau_source = default_tau(results, calibration)
     class_counts, class_names = results.get("class_counts"), results.get("class_names")
     if not class_counts or not class_names:
         raise UserError(f"{model_dir}/results.json lacks class_counts or class_names; re-run its training")
@@ -253,9 +276,8 @@ def export_run(
             raise UserError(f"{weights}: {error}; retrain the classifier of this run") from None
         metadata["classifier_weights"] = os.path.basename(weights)
         metadata["classifier_top1"] = record.get("top1")
-    path = export_model(
-        model, class_counts, class_names, export_dir or os.path.join(model_dir, "export"), tau, metadata
-    )
+    export_dir = export_dir or os.path.join(model_dir, "export")
+    path = export_model(model, class_counts, class_names, export_dir, tau, metadata, calibration)
     return path, tau
 
 
@@ -265,9 +287,9 @@ def command(flag_values) -> None:
         # TensorFlow's INFO lines about the save name the staging directory, not the export.
         logging.set_verbosity(logging.WARNING)
     f = flag_values
-    path, tau = export_run(f.model_dir, f.export_dir, f.tau, f.classifier)
+    path, tau = export_run(f.model_dir, f.export_dir, f.tau, f.classifier, f.calibration)
     held = "" if f.classifier == "trained" else f" with the {f.classifier} classifier"
-    print(f"Exported {path} (tau={tau:g}){held}; signatures: {', '.join(SIGNATURES)}")
+    print(f"Exported {path} ({f.calibration}, tau={tau:g}){held}; signatures: {', '.join(SIGNATURES)}")
     print(f"Inspect: saved_model_cli show --dir {path} --all")
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 from cdt_tf.errors import UserError
 
 
-def build_serving_module(model, class_counts, class_names_path: str, tau: float):
-    """A tf.Module holding the network, NcTauCalibration and the class-name table, with 3 signatures.
+def build_serving_module(model, class_counts, class_names_path: str, tau: float, calibration: str = "nc_tau"):
+    """A tf.Module holding the network, the calibration layer and the class-name table, with 3 signatures.
 
     Args:
       model: a cdt_tf keras.Model, uint8-range images [B, H, W, 3] -> logits [B, C].
       class_counts: training images per class N_c [C].
       class_names_path: a text file with the C class names, one per line (becomes the asset).
-      tau: the N_c^tau exponent of serving_default and serve_image_bytes.
+      tau: the calibration's tau in serving_default and serve_image_bytes.
+      calibration: a name of catalog.CALIBRATIONS: "nc_tau" (logits / N_c^tau) or
+        "logit_adjustment" (logits - tau log pi_c).
 
     Returns:
       The module; its attributes serving_default, serve_image_bytes and serve_with_tau are
@@ -25,11 +27,13 @@ def build_serving_module(model, class_counts, class_names_path: str, tau: float)
     """
     import tensorflow as tf
 
-    from cdt_tf.calibration import NcTauCalibration
+    from cdt_tf.calibration import CALIBRATION_LAYERS
 
     height, width, num_classes = _model_shape(model, class_counts)
+    if calibration not in CALIBRATION_LAYERS:
+        raise UserError(f"unknown calibration {calibration!r}; use one of {', '.join(CALIBRATION_LAYERS)}")
     try:
-        calibration = NcTauCalibration(class_counts, tau, name="nc_tau")
+        calibration = CALIBRATION_LAYERS[calibration](class_counts, tau, name=calibration)
     except ValueError as error:  # A tau outside TAU_RANGE, or unusable class counts.
         raise UserError(str(error)) from None
 
@@ -164,7 +168,7 @@ def _checked_tau(tau):
     from cdt_tf.calibration import TAU_RANGE
 
     tau = tf.debugging.check_numerics(tau, "tau must be a finite float32 scalar")
-    low, high = TAU_RANGE  # The range NcTauCalibration and `cdt_tf.export --tau` accept.
+    low, high = TAU_RANGE  # The range the calibration layers and `cdt_tf.export --tau` accept.
     check = tf.debugging.Assert(
         tf.logical_and(tau >= low, tau <= high), [f"tau must be in [{low:g}, {high:g}]; got", tau]
     )

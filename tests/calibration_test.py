@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdt_tf.calibration import TAU_RANGE, NcTauCalibration, check_tau, nc_tau_calibrate, nc_tau_scale
+from cdt_tf import catalog
+from cdt_tf.calibration import (
+    CALIBRATION_LAYERS,
+    TAU_RANGE,
+    LogitAdjustmentCalibration,
+    NcTauCalibration,
+    check_tau,
+    nc_tau_calibrate,
+    nc_tau_scale,
+)
 
 COUNTS = [100, 10, 1]
 LOGITS = np.array([[2.0, 1.0, 0.5], [-1.0, 0.0, 3.0]], np.float32)
@@ -148,3 +157,31 @@ def test_counts_too_imbalanced_for_float32_are_refused():
     NcTauCalibration([int(2e10), 1], 0.0)  # e^24 = 2.6e10 is the limit.
     with pytest.raises(ValueError, match="too imbalanced"):
         NcTauCalibration([10**11, 1], 0.0)
+
+
+def test_logit_adjustment_layer_matches_the_post_hoc_rule_and_serializes(tmp_path):
+    from cdt_tf import post_hoc
+
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    logits = np.random.default_rng(0).normal(0, 3, (16, 10)).astype(np.float32)
+    layer = LogitAdjustmentCalibration(counts, tau=0.46)
+    expected = post_hoc.logit_adjustment(logits, None, None, counts, 0.46)
+    # Exactly z_c - tau log(N_c / N): at tau 1, the logits plus log N minus log N_c.
+    np.testing.assert_allclose(layer(logits), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        layer(logits, tau=1.0), logits + np.log(sum(counts)) - np.log(counts), rtol=0, atol=1e-4
+    )
+    np.testing.assert_array_equal(layer(logits, tau=0.0), logits)
+    assert not layer.tau.trainable
+    # A tail class wins where the head class led by less than tau log(pi_head / pi_tail).
+    np.testing.assert_array_equal(np.argmax(layer(np.array([[1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0.5]])), -1), [9])
+    with pytest.raises(ValueError, match="tau must be a finite number in"):
+        LogitAdjustmentCalibration(counts, tau=-0.1)
+    with pytest.raises(ValueError, match="every class count"):
+        LogitAdjustmentCalibration([10, 0], tau=0.5)
+    inputs = keras.Input((10,))
+    model = keras.Model(inputs, LogitAdjustmentCalibration(counts, tau=0.46)(inputs))
+    model.save(str(tmp_path / "la.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "la.keras"))
+    np.testing.assert_allclose(loaded.predict(logits, verbose=0), expected, rtol=0, atol=1e-5)
+    assert tuple(CALIBRATION_LAYERS) == catalog.CALIBRATIONS  # What cdt_tf.export --calibration offers.

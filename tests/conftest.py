@@ -7,6 +7,7 @@ import inspect
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 from absl import flags
@@ -34,6 +35,22 @@ DIGITS_SMOKE = (
     "--eval_every=1",
     "--checkpoint_every=1",
 )
+
+
+# The head of a subprocess script that compares one device with MirroredStrategy on two logical CPUs
+# (set before TensorFlow touches the device): json, np, tf, keras, and a 16-example batch x [16, 6], y.
+TWO_LOGICAL_CPUS = textwrap.dedent("""
+    import json
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = np.array([0, 1, 2, 3] * 4, "int64")
+    """)
 
 
 def load_tool(name: str, folder: str = "tools"):

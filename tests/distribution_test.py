@@ -12,7 +12,7 @@ import pytest
 from cdt_tf import catalog, distribution
 from cdt_tf import config as config_lib
 from cdt_tf.errors import UserError
-from conftest import DIGITS_SMOKE, run_command
+from conftest import DIGITS_SMOKE, TWO_LOGICAL_CPUS, run_command
 
 # Tests that train in bfloat16 need a CPU that computes it (AVX512-BF16 or AMX): /proc/cpuinfo decides,
 # whatever CDT_TF_CPU_BF16 says; they then fake the detection (`machine`) so that it agrees.
@@ -37,18 +37,8 @@ def machine(monkeypatch):
     return fake
 
 
-EQUIVALENCE = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
+EQUIVALENCE = TWO_LOGICAL_CPUS + textwrap.dedent("""
     from cdt_tf import losses
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(16, 6)).astype("float32")
-    y = np.array([0, 1, 2, 3] * 4, "int64")
 
     def step(strategy):
         keras.utils.set_random_seed(0)

@@ -240,7 +240,7 @@ def test_export_cli_writes_the_next_version_and_keeps_the_first(exported):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     second = os.path.join(exported.export_dir, "2")
-    assert f"Exported {second} (tau=0.25)" in result.stdout
+    assert f"Exported {second} (nc_tau, tau=0.25)" in result.stdout
     assert sorted(os.listdir(exported.export_dir)) == ["1", "2"]  # No staging directory left behind.
     assert _digest(first) == before
     for version, tau, source in ((first, RECORDED_TAU, "post_hoc"), (second, 0.25, "--tau")):
@@ -250,6 +250,7 @@ def test_export_cli_writes_the_next_version_and_keeps_the_first(exported):
         with open(os.path.join(version, export.METADATA_FILE)) as f:
             metadata = json.load(f)
         assert metadata["tau"] == tau and source in metadata["tau_source"]
+        assert metadata["calibration"] == "nc_tau"
         assert metadata["class_counts"] == CLASS_COUNTS and metadata["image_size"] == [8, 8]
     assert export.next_version(exported.export_dir) == 3
 
@@ -631,6 +632,46 @@ def test_a_retrained_classifier_is_exported_in_place_of_the_trained_one(exported
     rundir.write_classifier(os.path.join(model_dir, "retrained_own_class_balanced.npz"), kernel[:-1], bias)
     with pytest.raises(UserError, match=r"retrained_own_class_balanced.npz: a classifier kernel"):
         export.export_run(model_dir, str(tmp_path / "out"), classifier="crt")
+
+
+def test_logit_adjustment_is_served_at_its_recorded_tau(exported, tmp_path):
+    # --calibration=logit_adjustment: calibrated_logits = logits - tau log pi_c at results.json's
+    # post_hoc.logit_adjustment.tau (not nc_tau's), in every signature; cdt_export.json says which.
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(exported.model_dir, model_dir)
+    results = json.load(open(os.path.join(model_dir, "results.json")))
+    results["post_hoc"]["logit_adjustment"] = {"tau": 0.46, "selected_on": "holdout of selection_run"}
+    _write_json(os.path.join(model_dir, "results.json"), results)
+    result = _python(
+        "-m",
+        "cdt_tf.export",
+        f"--model_dir={model_dir}",
+        f"--export_dir={tmp_path / 'out'}",
+        "--calibration=logit_adjustment",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = str(tmp_path / "out" / "1")
+    assert f"Exported {path} (logit_adjustment, tau=0.46)" in result.stdout
+    metadata = json.load(open(os.path.join(path, export.METADATA_FILE)))
+    assert metadata["calibration"] == "logit_adjustment" and metadata["tau"] == 0.46
+    assert "post_hoc.logit_adjustment.tau, selected on holdout of selection_run" in metadata["tau_source"]
+    loaded = tf.saved_model.load(path).signatures
+    logits = exported.model.predict(exported.images, verbose=0).astype(np.float64)
+    log_prior = np.log(np.array(CLASS_COUNTS, np.float64) / sum(CLASS_COUNTS))
+    images = tf.constant(exported.images)
+    for outputs, tau in (
+        (loaded["serving_default"](images=images), 0.46),
+        (loaded["serve_with_tau"](images=images, tau=tf.constant(1.5)), 1.5),
+    ):
+        expected = logits - tau * log_prior
+        np.testing.assert_allclose(outputs["calibrated_logits"].numpy(), expected, rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(outputs["classes"].numpy(), expected.argmax(-1))
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), _softmax(expected), atol=1e-5)
+    # tau 1.5 moves predictions to the tail, away from the plain argmax.
+    assert (expected.argmax(-1) != logits.argmax(-1)).any()
+    # An unknown calibration is refused by the flag parser, one line, nothing written.
+    bad = _python("-m", "cdt_tf.export", f"--model_dir={model_dir}", "--calibration=ncm")
+    assert bad.returncode != 0 and "--calibration" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_export_cli_on_a_missing_model_dir_is_a_one_line_error(tmp_path):

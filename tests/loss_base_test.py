@@ -12,36 +12,17 @@ import keras
 import numpy as np
 import pytest
 
+# The tiny arrays of the CDT loss's tests and the soft labels of the baselines' tests.
+from baseline_losses_test import SOFT_LABELS as BASELINE_SOFT_LABELS
+from losses_test import COUNTS, LABELS, LOGITS
+
 from cdt_tf import class_stats, losses, objective
 from cdt_tf.config import Config
 from cdt_tf.errors import UserError
 
-COUNTS = [400, 100, 25, 16]
 PRIOR = np.array(COUNTS, np.float64) / sum(COUNTS)  # pi_c = N_c / N.
-LABELS = np.array([0, 1, 2, 3, 2, 1], np.int64)
-LOGITS = np.array(
-    [
-        [2.0, -1.0, 0.5, 0.1],
-        [0.3, 1.2, -0.7, 2.2],
-        [-1.5, 0.0, 3.0, 1.0],
-        [0.9, 0.9, -2.0, 0.4],
-        [1.0, 2.0, 3.0, 4.0],
-        [-0.2, -0.1, 0.0, 0.1],
-    ],
-    np.float32,
-)
 COSINES = np.tanh(LOGITS).astype(np.float32)  # LDAM's z: a cosine classifier's output.
-SOFT_LABELS = np.array(
-    [
-        [1.0, 0.0, 0.0, 0.0],
-        [0.0, 0.7, 0.0, 0.3],
-        [0.25, 0.25, 0.25, 0.25],
-        [0.0, 0.0, 0.6, 0.4],
-        [0.1, 0.0, 0.9, 0.0],
-        [0.0, 0.5, 0.5, 0.0],
-    ],
-    np.float32,
-)
+SOFT_LABELS = BASELINE_SOFT_LABELS[: len(LOGITS)]  # Mixed pairs, one-hot and spread rows.
 
 
 def log_softmax(z):

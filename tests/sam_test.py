@@ -12,7 +12,7 @@ import pytest
 
 from cdt_tf import class_stats, max_norm, models, sam
 from cdt_tf.optimizers import CoupledDecaySGD
-from conftest import DIGITS_SMOKE, run_command
+from conftest import DIGITS_SMOKE, TWO_LOGICAL_CPUS, run_command
 
 RHO, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.5, 0.1, 0.9, 0.01
 NUM_FEATURES, NUM_CLASSES = 4, 3
@@ -193,18 +193,8 @@ def test_plain_model_shares_weights_and_optimizer_and_saves(tmp_path):
     assert int(loaded.optimizer.iterations.numpy()) == 1
 
 
-MIRRORED = textwrap.dedent("""
-    import json
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
+MIRRORED = TWO_LOGICAL_CPUS + textwrap.dedent("""
     from cdt_tf import losses, sam
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(16, 6)).astype("float32")
-    y = np.array([0, 1, 2, 3] * 4, "int64")
 
     def step(strategy):
         keras.utils.set_random_seed(0)

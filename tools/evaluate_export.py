@@ -7,7 +7,7 @@ r"""Top-1 of an exported SavedModel on an image folder, through the signature TF
 --images holds one folder per class, named as the export's assets/class_names.txt names it, with the
 image files (JPEG, PNG, GIF, BMP) in it. The file bytes go, --batch_size at a time, to the
 `serve_image_bytes` signature (what a REST client's {"b64": ...} reaches: decoding, resizing,
-the network, N_c^tau in the graph), with TensorFlow and the export only: no cdt_tf code runs (nor is
+the network, the calibration in the graph), with TensorFlow and the export only: no cdt_tf code runs (nor is
 cdt_tf imported: bad flags and input are reported here in cdt_tf.cli's voice, one line). Prints
 top-1, the per-class accuracy and, where the export's cdt_export.json names its run and the run's
 results.json is there, the run's own test top-1 of the same classifier beside it. Exits 2 with one
@@ -129,10 +129,11 @@ def recorded_top1(export: str) -> tuple[float, str] | None:
         return None
     classifier = metadata.get("classifier", "trained")
     if classifier == "trained":
-        if metadata.get("tau"):  # The export serves N_c^tau with the recorded tau.
-            entry = (results.get("post_hoc") or {}).get("nc_tau") or {}
+        if metadata.get("tau"):  # The export serves its calibration with the recorded tau.
+            calibration = metadata.get("calibration", "nc_tau")  # Exports before --calibration: nc_tau.
+            entry = (results.get("post_hoc") or {}).get(calibration) or {}
             if entry.get("tau") == metadata["tau"] and "top1" in entry:
-                return entry["top1"], f"{results_path} post_hoc.nc_tau (tau {entry['tau']:g})"
+                return entry["top1"], f"{results_path} post_hoc.{calibration} (tau {entry['tau']:g})"
             return None
         return results.get("top1"), f"{results_path} top1"
     entry = (results.get("post_hoc") or {}).get(classifier) or {}
