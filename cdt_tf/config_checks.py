@@ -181,7 +181,7 @@ def post_hoc_checks(config):
             "use one",
         ),
         (
-            config.second_stage != "wb" or config.classifier == "linear",
+            config.second_stage != "wb" or config.resolved_classifier == "linear",
             "--second_stage=wb fine-tunes the trained linear classifier; use --classifier=linear",
         ),
     ]

@@ -67,10 +67,13 @@ def class_balanced_bce(class_weights):
     def loss(labels, logits):
         labels = keras.ops.cast(keras.ops.reshape(labels, (-1,)), "int32")
         one_hot = keras.ops.one_hot(labels, weights.shape[0])
-        probabilities = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
-        # torch.nn.functional.binary_cross_entropy clamps each log at -100 (a p of exactly 0 or 1).
-        log_p = keras.ops.maximum(keras.ops.log(probabilities), -100.0)
-        log_q = keras.ops.maximum(keras.ops.log(1.0 - probabilities), -100.0)
+        logits = keras.ops.cast(logits, "float32")
+        # torch.nn.functional.binary_cross_entropy clamps each log at -100 (a p of 0, or of 1 in
+        # float32); written so that no gradient is inf * 0: log p from log_softmax, log(1 - p) read
+        # only where 1 - p > 0.
+        log_p = keras.ops.maximum(keras.ops.log_softmax(logits, axis=-1), -100.0)
+        rest = 1.0 - keras.ops.softmax(logits, axis=-1)
+        log_q = keras.ops.where(rest > 0, keras.ops.log(keras.ops.maximum(rest, 1e-30)), -100.0)
         entries = -(one_hot * log_p + (1.0 - one_hot) * log_q)
         return keras.ops.take(weights, labels) * keras.ops.mean(entries, axis=-1)
 
