@@ -96,7 +96,7 @@ def second_stage(
         same = (recorded.get("head", 0.0), recorded.get("tail", 0.0)) == smoothing
         if same and (record.get("options") or {}) == options:
             return record
-    print(f"Second stage: {name} on the frozen network ...", flush=True)
+    print(f"Second stage: {name} on the trained network ...", flush=True)
     method = "wb" if name == "wb" else "shift" if name.endswith("_shift") else "crt"
     return retrain(
         model_dir,

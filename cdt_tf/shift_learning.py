@@ -13,7 +13,8 @@ datasets/sampler.py, config/*/*_stage2_mislas.yaml):
   and variance (so the classifier is trained on those features), and its running mean and variance
   follow the class-balanced batches by torch's exponential average (momentum 0.1) for the whole
   stage; evaluation uses these running statistics. That is the "shift": the normalisation moves
-  to the class-balanced data, the affine parameters stay.
+  to the class-balanced data, the affine parameters stay (the authors say so in the repository's
+  issue #3: "We fix the BN affine parameters (alpha and beta) in Stage-II").
 - Batches: 128 (CIFAR) of class-balanced sampling (ClassAwareSampler: the classes in shuffled turns,
   4 images of each in a row), with the stage-1 augmentation (pad-4 random crop and flip); an epoch is
   ceil(N / B) + 1 batches (N the long-tailed training set), 10 epochs.
