@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 
@@ -105,8 +106,13 @@ def train_with_shift(model, config, data, smoothing=None, epochs: int = EPOCHS, 
         rate = 0.5 * LEARNING_RATE * (1.0 + math.cos(math.pi * epoch / epochs))  # Per epoch, as theirs.
         optimizers[0].learning_rate = lr_factor * rate
         optimizers[1].learning_rate = rate
+        started = time.monotonic()
         losses = [float(step(*next(batches))) for _ in range(steps)]
-        print(f"Shift learning: epoch {epoch + 1}/{epochs}, loss {np.mean(losses):.4f}", flush=True)
+        print(
+            f"Shift learning: epoch {epoch + 1}/{epochs}, loss {np.mean(losses):.4f}, "
+            f"{time.monotonic() - started:.0f} s",
+            flush=True,
+        )
     scale = keras.ops.convert_to_numpy(scale)
     fields = {
         "sampler": "class_balanced",
