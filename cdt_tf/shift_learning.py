@@ -18,23 +18,30 @@ datasets/sampler.py, config/*/*_stage2_mislas.yaml):
 - Batches: 128 (CIFAR) of class-balanced sampling (ClassAwareSampler: the classes in shuffled turns,
   4 images of each in a row), with the stage-1 augmentation (pad-4 random crop and flip); an epoch is
   ceil(N / B) + 1 batches (N the long-tailed training set), 10 epochs.
+- No MixUp in stage 2 (`mixup: False` in every stage-2 config).
 - Loss: label-aware smoothing (methods.LabelAwareSmoothing: (1 - eps_y) (-log p_y) + eps_y mean_c
   (-log p_c), eps from smooth_head to smooth_tail along the concave curve).
-- SGD momentum 0.9, weight decay 2e-4 (coupled, on W, b and s), cosine learning rate per epoch
-  lr_e = 0.05 (1 + cos(pi e / E)) for s and lr_factor times that for W and b (lr_factor 0.05 to 0.5
-  by dataset: CIFAR-100-LT rho = 100 0.2, rho = 50 and 10 0.1, ImageNet-LT 0.05).
+- SGD momentum 0.9, weight decay 2e-4 (CIFAR; coupled, on W, b and s), cosine learning rate per
+  epoch lr_e = 0.05 (1 + cos(pi e / E)) for s and lr_factor times that for W and b (CIFAR-10-LT
+  rho = 100, 50, 10: 0.5, 0.2, 0.2; CIFAR-100-LT: 0.2, 0.1, 0.1; ImageNet-LT and iNaturalist 0.05).
+
+In formulas, for each batch norm and each class-balanced batch B (m = 0.9 in Keras' convention):
+
+    y = gamma (x - mu_B) / sqrt(var_B + eps) + beta            (gamma, beta fixed)
+    mu <- m mu + (1 - m) mu_B,   var <- m var + (1 - m) var_B   (the moving statistics, used at test)
+    loss = CE(smoothed target of y_b, s * (W f(x_b) + b))        (W, b, s learned)
 
 What this module implements: exactly that (BN in training mode, batch statistics in the forward,
 moving statistics updated with the network's own batch-norm momentum, 0.9 in Keras terms = torch's
-0.1), on class-balanced pad-crop-flip batches of --batch_size (each example's class uniform,
-`input_pipeline.class_balanced_indices`), `epochs` of ceil(N / B) steps (no extra batch), from the
-run's linear classifier (a cosine classifier's run starts from a new Glorot-uniform one), with LWS
-folded into the saved kernel and bias (s_c (w_c f + b_c) is the linear classifier with column c
-and b_c scaled by s_c). Label-aware smoothing only in crt_las_shift; crt_shift uses one-hot
-targets. --shift_affine=true goes beyond MiSLAS: it also learns every batch norm's gamma and beta
-(gradients through the backbone, at the LWS learning rate), and the weights file then carries
-them. The network's moving statistics (and affine parameters) are changed in place, so the caller
-evaluates and saves the network as this leaves it.
+0.1, the run's --weight_decay), on class-balanced pad-crop-flip batches of --batch_size (each
+example's class uniform, `input_pipeline.class_balanced_indices`), `epochs` of ceil(N / B) steps
+(no extra batch), from the run's linear classifier (a cosine classifier's run starts from a new
+Glorot-uniform one), with LWS folded into the saved kernel and bias (s_c (w_c f + b_c) is the
+linear classifier with column c and b_c scaled by s_c). Label-aware smoothing only in
+crt_las_shift; crt_shift uses one-hot targets. --shift_affine=true goes beyond MiSLAS: it also
+learns every batch norm's gamma and beta (gradients through the backbone, at the LWS learning
+rate), and the weights file then carries them. The network's moving statistics (and affine
+parameters) are changed in place, so the caller evaluates and saves the network as this leaves it.
 
 Cost: a training-mode forward pass of every batch (a backward pass too with --shift_affine), 10
 epochs of the training set: about a third of one first-stage epoch per epoch for ResNet-32.
