@@ -250,7 +250,7 @@ def _define_post_hoc_flags(define: dict) -> None:
         "second_stage",
         "none",
         ("none",) + catalog.SECOND_STAGES,
-        "After training, retrain the classifier on the frozen features (python -m "
+        "After training, retrain the classifier of the trained network (python -m "
         "cdt_tf.retrain_classifier): crt (class-balanced batches), crt_las (with label-aware "
         "smoothing, --smooth_head/--smooth_tail), *_bn (on batch-norm statistics re-estimated on "
         "class-balanced batches), *_shift (MiSLAS's stage 2: batch norms in training mode on "
