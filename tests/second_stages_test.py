@@ -138,6 +138,32 @@ def test_wb_from_main_records_and_serves(tmp_path):
     assert not batch_norm and not affine  # The network's own statistics: the file holds the head only.
     path, _ = export.export_run(str(model_dir), str(tmp_path / "out"), classifier="wb")
     assert json.load(open(os.path.join(path, export.METADATA_FILE)))["classifier"] == "wb"
+    # The same command again reuses the record; another threshold retrains.
+    again = run_cli(*RUN_FLAGS, f"--model_dir={model_dir}", "--second_stage=wb", "--wb_threshold=0.2")
+    assert again.returncode == 0 and "Second stage: wb on the trained network" not in again.stdout
+    other = run_cli(*RUN_FLAGS, f"--model_dir={model_dir}", "--second_stage=wb", "--wb_threshold=0.5")
+    assert other.returncode == 0 and "Second stage: wb on the trained network" in other.stdout
+    assert json.load(open(model_dir / "results.json"))["post_hoc"]["wb"]["options"]["threshold"] == 0.5
+
+
+def test_weights_files_from_before_affine_parameters_read_as_before(tmp_path):
+    path = str(tmp_path / "old.npz")
+    mean, variance = np.zeros(4, np.float32), np.ones(4, np.float32)
+    np.savez(path, kernel=np.ones((4, 3)), bias=np.zeros(3), **{"bn/bn1/moving_mean": mean})
+    with pytest.raises(UserError, match="cannot read the classifier weights"):
+        rundir.read_classifier(path)  # A statistic without its pair is refused, as before.
+    np.savez(
+        path,
+        kernel=np.ones((4, 3)),
+        bias=np.zeros(3),
+        **{"bn/bn1/moving_mean": mean, "bn/bn1/moving_variance": variance},
+    )
+    kernel, bias, batch_norm, affine = rundir.read_classifier(path)
+    assert kernel.shape == (4, 3) and list(batch_norm) == ["bn1"] and affine == {}
+    rundir.write_classifier(path, kernel, bias, batch_norm, {"bn1": (variance * 2, mean + 1)})
+    _, _, batch_norm, affine = rundir.read_classifier(path)
+    np.testing.assert_array_equal(affine["bn1"][0], variance * 2)
+    np.testing.assert_array_equal(batch_norm["bn1"][1], variance)
 
 
 @pytest.mark.parametrize(
