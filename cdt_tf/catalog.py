@@ -38,12 +38,17 @@ CONV_PADDINGS = ("symmetric", "same")
 # tail classes only (ImbSAM).
 SAM_CLASSES = ("all", "tail")
 
-# Second stages on a finished run's frozen features (cdt_tf.retrain_classifier; main's --second_stage):
-# cRT, with label-aware smoothing (_las), on re-estimated batch-norm statistics (_bn). Each is also the
-# key of its results.json post_hoc entry and a cdt_tf.export --classifier.
 # The calibrations cdt_tf.export can put in the served graph (cdt_tf.calibration.CALIBRATION_LAYERS).
 CALIBRATIONS = ("nc_tau", "logit_adjustment")
-SECOND_STAGES = ("crt", "crt_las", "crt_bn", "crt_las_bn")
+# Second stages on a finished run's frozen network (cdt_tf.retrain_classifier; main's --second_stage):
+# cRT, with label-aware smoothing (_las), on re-estimated batch-norm statistics (_bn), MiSLAS's stage 2
+# with shift learning on batch normalization (_shift, cdt_tf.shift_learning), weight balancing's
+# stage 2 (wb, cdt_tf.weight_balancing). Each is also the key of its results.json post_hoc entry and
+# a cdt_tf.export --classifier.
+SECOND_STAGES = ("crt", "crt_las", "crt_bn", "crt_las_bn", "crt_shift", "crt_las_shift", "wb")
+# How `python -m cdt_tf.retrain_classifier --method` trains the new classifier (with SECOND_STAGES'
+# smoothing and batch-norm suffixes): cRT, shift learning, weight balancing.
+RETRAIN_METHODS = ("crt", "shift", "wb")
 
 # Input pipeline (cdt_tf.input_pipeline).
 SAMPLERS = ("instance", "class_balanced")

@@ -63,7 +63,10 @@ def _flag_help(flag: flags.Flag) -> str:
     """One flag as absl's help lists it: name and help text, then its default and accepted values."""
     name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
     short = f"-{flag.short_name}," if flag.short_name else ""
-    lines = [flags.text_wrap(f"{short}{name}: {flag.help}", indent="    ", firstline_indent="  ")]
+    # A first word longer than the line allows (an enum's <a|b|...> list) stays beside the name: the
+    # flag's lines are as wide as that, where absl would move it to a line of its own.
+    width = max(flags.get_help_width(), len(f"  {short}{name}: {flag.help.split(' ', 1)[0]}"))
+    lines = [flags.text_wrap(f"{short}{name}: {flag.help}", width, indent="    ", firstline_indent="  ")]
     if flag.default_as_str:
         lines.append(flags.text_wrap(f"(default: {flag.default_as_str})", indent="    "))
     if flag.parser.syntactic_help:

@@ -63,6 +63,10 @@ class Config:
     second_stage: str = "none"
     smooth_head: float = 0.3
     smooth_tail: float = 0.0
+    shift_lr_factor: float = 0.2
+    shift_affine: bool = False
+    wb_weight_decay: float = 0.1
+    wb_threshold: float = 0.1
     strategy: str = "auto"
     precision: str = "auto"
     mixed_precision: bool = False
@@ -99,6 +103,10 @@ class Config:
         "second_stage",
         "smooth_head",
         "smooth_tail",
+        "shift_lr_factor",
+        "shift_affine",
+        "wb_weight_decay",
+        "wb_threshold",
         "strategy",
         "profile_batch",
         # The precision is resolved once, when the run starts, and recorded (resolved_precision): a

@@ -161,6 +161,9 @@ def post_hoc_checks(config):
             f"--second_stage={config.second_stage} smooths labels: give --smooth_head or --smooth_tail > 0 "
             "(or use --second_stage=crt)",
         ),
+        (config.shift_lr_factor > 0, f"--shift_lr_factor must be > 0, got {config.shift_lr_factor}"),
+        (config.wb_weight_decay >= 0, f"--wb_weight_decay must be >= 0, got {config.wb_weight_decay}"),
+        (0 <= config.wb_threshold <= 1, f"--wb_threshold must be in [0, 1], got {config.wb_threshold}"),
         (
             config.holdout_per_class >= 0,
             f"--holdout_per_class must be >= 0 (0: off), got {config.holdout_per_class}",
@@ -176,6 +179,10 @@ def post_hoc_checks(config):
             not (config.val_per_class and config.holdout_per_class),
             "--val_per_class and --holdout_per_class are two ways to select tau on a validation split; "
             "use one",
+        ),
+        (
+            config.second_stage != "wb" or config.resolved_classifier == "linear",
+            "--second_stage=wb fine-tunes the trained linear classifier; use --classifier=linear",
         ),
     ]
     return own, ties

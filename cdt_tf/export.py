@@ -5,7 +5,8 @@ r"""SavedModel export for TensorFlow Serving: preprocessing, the trained network
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt --tau=0.5
   # CDT+'s prediction: logit adjustment at the tau its selection run chose on validation.
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt_plus --calibration=logit_adjustment
-  # The network with the classifier cdt_tf.retrain_classifier retrained (cRT; crt_las: with LAS).
+  # The network with the classifier cdt_tf.retrain_classifier retrained (cRT; crt_las: with LAS;
+  # crt_las_shift: MiSLAS's stage 2 with its shifted batch norms; wb: weight balancing's stage 2).
   python -m cdt_tf.export --model_dir=runs/cifar10_lt100_cdt --export_dir=exports/cdt --classifier=crt
 
 Writes the next TF Serving version directory `<export_dir>/<N>/` (1, 2, ...; an existing version is
@@ -36,7 +37,8 @@ Images of another size than the model's are resized (bilinear, rounded to uint8 
 data loader resized the training and test images (cdt_tf.datasets.decode_images). tau defaults to
 results.json's post_hoc.<calibration>.tau (the tau selected for the run: on the test set, a held-out
 or validation split, or --tau_from's run, as its selected_on says), else 0 (plain argmax); with a
-retrained classifier (--classifier=crt, crt_las, crt_bn or crt_las_bn), to 0. CDT's
+retrained classifier (--classifier=crt, crt_las, crt_bn, crt_las_bn, crt_shift, crt_las_shift or wb),
+to 0. CDT's
 temperatures are a training device only and are not part of the graph.
 """
 
@@ -97,7 +99,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         CLASSIFIERS,
         "The classifier to serve: the run's own (trained), or the one `python -m "
         "cdt_tf.retrain_classifier` retrained on its frozen features (crt; crt_las with label-aware "
-        "smoothing; *_bn with re-estimated batch-norm statistics, which the export then carries). A "
+        "smoothing; *_bn with re-estimated batch-norm statistics, *_shift with MiSLAS's shifted ones, "
+        "both carried by the export; wb: weight balancing's class-balanced, MaxNorm fine-tuning). A "
         "retrained classifier is served with tau 0 unless --tau says otherwise.",
         flag_values=flag_values,
     )
@@ -225,8 +228,15 @@ def retrained_classifier(model_dir: str, results: dict, classifier: str) -> tupl
     entry = (results.get("post_hoc") or {}).get(classifier) or {}
     weights = os.path.join(model_dir, entry.get("weights") or "")
     if not entry.get("weights") or not os.path.isfile(weights):
-        options = (" --smooth_head=0.3" if "_las" in classifier else "") + (
-            " --bn_stats=class_balanced" if classifier.endswith("_bn") else ""
+        options = "".join(
+            option
+            for condition, option in (
+                (classifier == "wb", " --method=wb"),
+                (classifier.endswith("_shift"), " --method=shift"),
+                ("_las" in classifier, " --smooth_head=0.3"),
+                (classifier.endswith("_bn"), " --bn_stats=class_balanced"),
+            )
+            if condition
         )
         raise UserError(
             f"{model_dir} has no {classifier} classifier weights; retrain it first: python -m "
@@ -250,7 +260,7 @@ def export_run(
     if tau is not None:
         tau_source = "--tau"
     elif weights:
-        tau, tau_source = 0.0, f"0: the {classifier} classifier was trained on class-balanced batches"
+        tau, tau_source = 0.0, f"0: the {classifier} classifier was retrained class-balanced"
     else:
         tau, tau_source = default_tau(results, calibration)
     class_counts, class_names = results.get("class_counts"), results.get("class_names")
@@ -267,10 +277,12 @@ def export_run(
     if weights:
         from cdt_tf import models
 
-        kernel, bias, batch_norm = rundir.read_classifier(weights)
+        kernel, bias, batch_norm, affine = rundir.read_classifier(weights)
         try:
             if batch_norm:  # The statistics the classifier was trained on.
                 models.set_batch_norm_statistics(model, batch_norm)
+            if affine:  # Shift learning with --shift_affine: the gamma and beta learned with it.
+                models.set_batch_norm_affine(model, affine)
             model = models.with_classifier(model, kernel, bias)
         except ValueError as error:
             raise UserError(f"{weights}: {error}; retrain the classifier of this run") from None

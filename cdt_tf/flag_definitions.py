@@ -250,14 +250,39 @@ def _define_post_hoc_flags(define: dict) -> None:
         "second_stage",
         "none",
         ("none",) + catalog.SECOND_STAGES,
-        "After training, retrain the classifier on the frozen features (python -m "
-        "cdt_tf.retrain_classifier, seconds): crt (class-balanced batches), crt_las (with label-aware "
+        "After training, retrain the classifier of the trained network (python -m "
+        "cdt_tf.retrain_classifier): crt (class-balanced batches), crt_las (with label-aware "
         "smoothing, --smooth_head/--smooth_tail), *_bn (on batch-norm statistics re-estimated on "
-        "class-balanced batches). Recorded in results.json post_hoc.<name>; `python -m cdt_tf.export "
-        "--classifier=<name>` serves it. none: off.",
+        "class-balanced batches), *_shift (MiSLAS's stage 2: batch norms in training mode on "
+        "class-balanced batches through the network, --shift_lr_factor), wb (weight balancing's stage 2: "
+        "class-balanced loss, --wb_weight_decay, MaxNorm at --wb_threshold). Recorded in results.json "
+        "post_hoc.<name>; `python -m cdt_tf.export --classifier=<name>` serves it. none: off.",
     )
     define["float"]("smooth_head", 0.3, "--second_stage=crt_las*: label smoothing of the largest class.")
     define["float"]("smooth_tail", 0.0, "--second_stage=crt_las*: label smoothing of the smallest class.")
+    define["float"](
+        "shift_lr_factor",
+        0.2,
+        "--second_stage=*_shift: the classifier's learning rate over the logit scale's 0.1 (MiSLAS's "
+        "lr_factor: 0.2 for CIFAR-100-LT rho=100, 0.1 for rho=50/10, 0.05 for ImageNet-LT), > 0.",
+    )
+    define["bool"](
+        "shift_affine",
+        False,
+        "--second_stage=*_shift: also learn the batch norms' gamma and beta (beyond MiSLAS, which keeps "
+        "them; gradients then run through the network).",
+    )
+    define["float"](
+        "wb_weight_decay",
+        0.1,
+        "--second_stage=wb: the classifier's weight decay (Alshammari et al.: 0.1), >= 0.",
+    )
+    define["float"](
+        "wb_threshold",
+        0.1,
+        "--second_stage=wb: MaxNorm radius min_c ||w_c|| + t (max_c - min_c) of the trained classifier's "
+        "norms, t in [0, 1] (theirs: 0.1).",
+    )
 
 
 def _define_optimisation_flags(define: dict) -> None:

@@ -63,8 +63,12 @@ def run_second_stage(run_config: config.Config) -> None:
     from cdt_tf import retrain_classifier
 
     name = run_config.second_stage
+    c = run_config
+    options = retrain_classifier.stage_options(
+        name, c.shift_lr_factor, c.shift_affine, c.wb_weight_decay, c.wb_threshold
+    )
     record = retrain_classifier.second_stage(
-        run_config.model_dir, name, run_config.smooth_head, run_config.smooth_tail, run_config.data_dir
+        c.model_dir, name, c.smooth_head, c.smooth_tail, c.data_dir, options
     )
     held = "" if not record.get("validation") else f", validation {100 * record['validation']['top1']:.2f}%"
     took = f" ({record['seconds']:.0f} s)" if record.get("seconds") is not None else ""

@@ -186,6 +186,39 @@ def set_batch_norm_statistics(model: keras.Model, statistics: dict) -> None:
         bns[name].moving_variance.assign(variance)
 
 
+def _affine_layers(model: keras.Model) -> dict:
+    """{name: layer} of the batch norms with both a scale gamma and a shift beta (all of cdt_tf's)."""
+    return {
+        layer.name: layer
+        for layer in batch_norm_layers(model)
+        if layer.gamma is not None and layer.beta is not None
+    }
+
+
+def batch_norm_affine(model: keras.Model) -> dict:
+    """{layer name: (gamma [C], beta [C])} of every batch norm with both, as NumPy."""
+    numpy = keras.ops.convert_to_numpy
+    return {name: (numpy(layer.gamma), numpy(layer.beta)) for name, layer in _affine_layers(model).items()}
+
+
+def set_batch_norm_affine(model: keras.Model, affine: dict) -> None:
+    """Assigns `batch_norm_affine` output to the model's batch norms; ValueError if they differ."""
+    bns = _affine_layers(model)
+    if set(bns) != set(affine):
+        raise ValueError(
+            f"batch-norm gamma and beta for {len(affine)} layers, the model has {len(bns)} others"
+        )
+    for name, (gamma, beta) in affine.items():
+        if tuple(bns[name].gamma.shape) != tuple(gamma.shape) or tuple(bns[name].beta.shape) != tuple(
+            beta.shape
+        ):
+            raise ValueError(
+                f"batch-norm gamma and beta of shape {gamma.shape} for {name} {bns[name].gamma.shape}"
+            )
+        bns[name].gamma.assign(gamma)
+        bns[name].beta.assign(beta)
+
+
 def reestimate_batch_norm(model: keras.Model, batches, steps: int) -> int:
     """Replaces every batch norm's moving statistics by their average over `steps` batches.
 

@@ -8,6 +8,10 @@ r"""Classifier retraining on frozen features (cRT, Kang et al. 2020) and the pap
   # Table 5: balanced features (flags/cifar10_balanced1240_ce.cfg), imbalanced classifier.
   python -m cdt_tf.retrain_classifier --model_dir=runs/cifar10_balanced1240_ce \
       --imbalance=exp --imbalance_ratio=100 --max_per_class=5000 --sampler=instance
+  # MiSLAS's stage 2 with shift learning on batch normalization (crt_las_shift; shift_learning).
+  python -m cdt_tf.retrain_classifier --model_dir=runs/cifar10_lt100_ce --method=shift --smooth_head=0.3
+  # Weight balancing's stage 2: class-balanced loss, weight decay and MaxNorm (wb; weight_balancing).
+  python -m cdt_tf.retrain_classifier --model_dir=runs/cifar10_lt100_ce --method=wb
 
 The network is frozen: the features f(x) of the chosen training subset are extracted once,
 unaugmented (one inference pass), and a new Dense classifier (with bias) is trained on them
@@ -17,7 +21,9 @@ seconds instead of epochs (our choice, stated in results). Writes
 `<model_dir>/retrained_<tag>.json`, the new classifier's weights beside it
 (`retrained_<tag>.npz`, kernel and bias) and, for cRT proper (the run's own subset with
 class-balanced sampling), the `post_hoc.crt` entry of results.json (`crt_las` with label-aware
-smoothing, `crt_bn`/`crt_las_bn` on re-estimated batch-norm statistics). `python -m cdt_tf.export
+smoothing, `crt_bn`/`crt_las_bn` on re-estimated batch-norm statistics). --method=shift and
+--method=wb record `crt_shift`/`crt_las_shift` and `wb` on the run's own subset (their modules say
+what they do and how they differ from their papers' code). `python -m cdt_tf.export
 --classifier=<that key>` exports the network with that classifier in place of its own.
 """
 
@@ -29,104 +35,79 @@ import functools
 import os
 import time
 
-import numpy as np
-
-from cdt_tf import catalog, class_stats, cli, durability, evaluate, rundir
+from cdt_tf import (
+    catalog,
+    class_stats,
+    cli,
+    durability,
+    evaluate,
+    linear_head,
+    rundir,
+    shift_learning,
+    weight_balancing,
+)
 from cdt_tf.errors import UserError
 from cdt_tf.features import extract, probe
 
 BN_STATS = ("trained", "class_balanced")
+# --epochs when not given: cRT's 30; MiSLAS's and weight balancing's second stages run 10.
+DEFAULT_EPOCHS = {"crt": 30, "shift": shift_learning.EPOCHS, "wb": weight_balancing.EPOCHS}
 
 
-def posthoc_key(smoothing: bool, batch_norm: bool) -> str:
-    """results.json's post_hoc key of a cRT variant: one of catalog.SECOND_STAGES."""
-    return "crt" + ("_las" if smoothing else "") + ("_bn" if batch_norm else "")
+def posthoc_key(smoothing: bool, batch_norm: bool, method: str = "crt") -> str:
+    """results.json's post_hoc key of a retrained classifier: one of catalog.SECOND_STAGES."""
+    if method == "wb":
+        return "wb"
+    suffix = "_shift" if method == "shift" else "_bn" if batch_norm else ""
+    return "crt" + ("_las" if smoothing else "") + suffix
+
+
+def stage_options(name: str, shift_lr_factor=0.2, shift_affine=False, wb_weight_decay=0.1, wb_threshold=0.1):
+    """The hyperparameters of a second stage its record keeps (`options`); {} for cRT's."""
+    if name.endswith("_shift") or name == "shift":
+        return {"lr_factor": shift_lr_factor, "affine": bool(shift_affine)}
+    if name == "wb":
+        return {"weight_decay": wb_weight_decay, "threshold": wb_threshold}
+    return {}
 
 
 def second_stage(
-    model_dir: str, name: str, smooth_head: float, smooth_tail: float, data_dir: str | None = None
+    model_dir: str,
+    name: str,
+    smooth_head: float,
+    smooth_tail: float,
+    data_dir: str | None = None,
+    options: dict | None = None,
 ) -> dict:
-    """One of catalog.SECOND_STAGES on a finished run (cRT on its own subset): its record.
+    """One of catalog.SECOND_STAGES on a finished run (on its own subset): its record.
 
-    smooth_head/smooth_tail apply to the *_las stages only. A record already in results.json's
-    post_hoc.<name> with the same smoothing is returned as it is; else the classifier is retrained.
+    smooth_head/smooth_tail apply to the *_las stages only; options are `stage_options(name, ...)`.
+    A record already in results.json's post_hoc.<name> with the same smoothing and options is
+    returned as it is; else the classifier is retrained.
     """
     if name not in catalog.SECOND_STAGES:
         raise UserError(f"unknown second stage {name!r}; use one of {', '.join(catalog.SECOND_STAGES)}")
     smoothing = (smooth_head, smooth_tail) if "_las" in name else (0.0, 0.0)
+    options = options or {}
     results = rundir.read_json(os.path.join(model_dir, rundir.RESULTS), "object")
     record = (results.get("post_hoc") or {}).get(name)
     if record:
         recorded = record.get("label_aware_smoothing") or {}
-        if (recorded.get("head", 0.0), recorded.get("tail", 0.0)) == smoothing:
+        same = (recorded.get("head", 0.0), recorded.get("tail", 0.0)) == smoothing
+        if same and (record.get("options") or {}) == options:
             return record
-    print(f"Second stage: {name} on the frozen features ...", flush=True)
-    bn_stats = "class_balanced" if name.endswith("_bn") else "trained"
+    print(f"Second stage: {name} on the trained network ...", flush=True)
+    method = "wb" if name == "wb" else "shift" if name.endswith("_shift") else "crt"
     return retrain(
-        model_dir, data_dir=data_dir, smooth_head=smoothing[0], smooth_tail=smoothing[1], bn_stats=bn_stats
+        model_dir,
+        epochs=DEFAULT_EPOCHS[method],
+        data_dir=data_dir,
+        smooth_head=smoothing[0],
+        smooth_tail=smoothing[1],
+        bn_stats="class_balanced" if name.endswith("_bn") else "trained",
+        method=method,
+        options=options,
     )
-
-
-def train_linear_classifier(
-    features: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    sampler: str = "class_balanced",
-    epochs: int = 30,
-    batch_size: int = 512,
-    learning_rate: float = 0.1,
-    weight_decay: float = 2e-4,
-    seed: int = 0,
-    smoothing=None,
-):
-    """A new Dense(num_classes) on fixed features; returns (kernel [D, C], bias [C]).
-
-    sampler: "class_balanced" (each class equally likely per example; cRT) or "instance".
-    smoothing: per-class label smoothing eps_c [C] (label-aware smoothing), or None for one-hot
-    targets; the loss is then the cross-entropy against `class_stats.smoothed_targets`.
-    An epoch is len(labels) // batch_size steps (at least 1).
-    """
-    import keras
-    import tensorflow as tf
-
-    from cdt_tf import input_pipeline
-    from cdt_tf.optimizers import CoupledDecaySGD
-
-    keras.utils.set_random_seed(seed)
-    features = np.asarray(features, np.float32)
-    labels = np.asarray(labels, np.int64)
-    steps = max(1, len(labels) // batch_size)
-    if sampler == "class_balanced":
-        features_t, labels_t = tf.constant(features), tf.constant(labels)
-        dataset = input_pipeline.class_balanced_indices(labels, seed).map(
-            lambda i: (tf.gather(features_t, i), tf.gather(labels_t, i))
-        )
-    elif sampler == "instance":
-        dataset = (
-            tf.data.Dataset.from_tensor_slices((features, labels))
-            .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-        )
-    else:
-        raise UserError(f"unknown --sampler {sampler!r}; use class_balanced or instance")
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if smoothing is not None:
-        targets = tf.constant(class_stats.smoothed_targets(smoothing), tf.float32)
-        dataset = dataset.map(lambda x, y: (x, tf.gather(targets, y)))
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    inputs = keras.Input(shape=(features.shape[1],), name="features")
-    outputs = keras.layers.Dense(num_classes, name="classifier")(inputs)
-    head = keras.Model(inputs, outputs)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps)
-    head.compile(
-        optimizer=CoupledDecaySGD(coupled_weight_decay=weight_decay, learning_rate=schedule, momentum=0.9),
-        loss=loss,
-    )
-    head.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
-    layer = head.get_layer("classifier")
-    return keras.ops.convert_to_numpy(layer.kernel), keras.ops.convert_to_numpy(layer.bias)
 
 
 def retrain(
@@ -140,18 +121,25 @@ def retrain(
     smooth_head: float = 0.0,
     smooth_tail: float = 0.0,
     bn_stats: str = "trained",
+    method: str = "crt",
+    options: dict | None = None,
 ) -> dict:
-    """Retrains the classifier of a finished run on frozen features; writes and returns the record.
+    """Retrains the classifier of a finished run on its frozen network; writes and returns the record.
 
     smooth_head, smooth_tail: label-aware smoothing (MiSLAS's second stage) of the new classifier's
     targets, eps from smooth_head (largest class) to smooth_tail (smallest); both 0: one-hot (cRT).
     bn_stats: "trained" keeps the network's batch-norm statistics; "class_balanced" re-estimates
     them first on one pass of class-balanced, pad-crop-flipped batches of the classifier data
     (`models.reestimate_batch_norm`), and the weights file carries them.
+    method: "crt" (a new classifier on frozen features, `sampler`'s batches), "shift" (MiSLAS's
+    stage 2 with shift learning on batch normalization, `shift_learning`; class-balanced) or "wb"
+    (weight balancing's stage 2, `weight_balancing`; instance batches); options: their
+    `stage_options` (None: the defaults).
     The record holds the test split's accuracy and, for a run with --val_per_class, the
     validation split's (choose the smoothing there), and the stage's wall time in `seconds`.
     """
-    _check_options(smooth_head, smooth_tail, bn_stats)
+    options = {**stage_options(method), **(options or {})}
+    _check_options(smooth_head, smooth_tail, bn_stats, method, options)
     started = time.monotonic()
     run = rundir.load_finished(model_dir, data_dir)
     config, data, own = classifier_data(run, imbalance, imbalance_ratio, max_per_class)
@@ -162,12 +150,53 @@ def retrain(
     smoothing = None
     if smooth_head or smooth_tail:
         smoothing = class_stats.label_aware_smoothing(counts, smooth_head, smooth_tail)
+    kernel, bias, batch_norm, affine, fields = _train_head(
+        method, run, config, data, sampler, epochs, smoothing, bn_stats, options
+    )
+    summary, validation = _evaluate_classifier(probe(run.model), run, kernel, bias)
+    record = {
+        "features_from": os.path.basename(os.path.normpath(model_dir)),
+        **_training_record(config, counts, sampler, epochs, smoothing, smooth_head, smooth_tail, bn_stats),
+        **fields,
+        **_accuracy_record(summary, validation),
+        # Wall time of the whole second stage: loading the run, the network passes and the training.
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    tag = record_tag(
+        config, own, smoothing, smooth_head, smooth_tail, batch_norm if method == "crt" else None
+    )
+    name = f"retrained_{tag}{'' if method == 'crt' else '_' + method}_{record['sampler']}"
+    rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias, batch_norm, affine)
+    record["weights"] = f"{name}.npz"  # `python -m cdt_tf.export --classifier=crt` serves these.
+    rundir.write_json(os.path.join(model_dir, f"{name}.json"), record)
+    if own and (sampler == "class_balanced" or method != "crt"):
+        key = posthoc_key(smoothing is not None, batch_norm is not None, method)
+        _record_post_hoc(model_dir, key, record)
+    return record
+
+
+def _train_head(method, run, config, data, sampler, epochs, smoothing, bn_stats, options):
+    """The new classifier of `retrain`: (kernel [D, C], bias [C], batch-norm statistics to save or
+    None, batch-norm (gamma, beta) to save or None, the record's fields of the method)."""
+    from cdt_tf import models  # Imports TensorFlow: after the run directory is known good.
+
+    if method == "shift":  # Through the network: it leaves the batch norms shifted in run.model.
+        kernel, bias, fields = shift_learning.train_with_shift(
+            run.model, config, data, smoothing, epochs, options["lr_factor"], options["affine"]
+        )
+        affine = models.batch_norm_affine(run.model) if options["affine"] else None
+        return kernel, bias, models.batch_norm_statistics(run.model), affine, fields
     batch_norm = None
     if bn_stats == "class_balanced":
         batch_norm = class_balanced_batch_norm(run.model, config, data)
-    network = probe(run.model)
-    train = extract(network, data.eval_dataset("train"), data.labels("train"))
-    kernel, bias = train_linear_classifier(
+    train = extract(probe(run.model), data.eval_dataset("train"), data.labels("train"))
+    if method == "wb":
+        start = linear_head.trained_classifier(run.model)
+        kernel, bias, fields = weight_balancing.train(
+            train, data.class_counts, start, epochs=epochs, seed=config.seed, **options
+        )
+        return kernel, bias, batch_norm, None, fields
+    kernel, bias = linear_head.train_linear_classifier(
         train.features,
         train.labels,
         len(run.class_names),
@@ -177,30 +206,31 @@ def retrain(
         seed=config.seed,
         smoothing=smoothing,
     )
-    summary, validation = _evaluate_classifier(network, run, kernel, bias)
-    record = {
-        "features_from": os.path.basename(os.path.normpath(model_dir)),
-        **_training_record(config, counts, sampler, epochs, smoothing, smooth_head, smooth_tail, bn_stats),
-        **_accuracy_record(summary, validation),
-        # Wall time of the whole second stage: loading the run, the feature passes and the training.
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    name = f"retrained_{record_tag(config, own, smoothing, smooth_head, smooth_tail, batch_norm)}_{sampler}"
-    rundir.write_classifier(os.path.join(model_dir, f"{name}.npz"), kernel, bias, batch_norm)
-    record["weights"] = f"{name}.npz"  # `python -m cdt_tf.export --classifier=crt` serves these.
-    rundir.write_json(os.path.join(model_dir, f"{name}.json"), record)
-    if own and sampler == "class_balanced":
-        _record_post_hoc(model_dir, posthoc_key(smoothing is not None, batch_norm is not None), record)
-    return record
+    return kernel, bias, batch_norm, None, {}
 
 
-def _check_options(smooth_head: float, smooth_tail: float, bn_stats: str) -> None:
-    """Refuses (UserError) a --bn_stats or a label-aware smoothing that `retrain` does not take."""
+def _check_options(smooth_head: float, smooth_tail: float, bn_stats: str, method: str, options: dict) -> None:
+    """Refuses (UserError) a --bn_stats, smoothing or method option that `retrain` does not take."""
     if bn_stats not in BN_STATS:
         raise UserError(f"--bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
     for flag, value in (("--smooth_head", smooth_head), ("--smooth_tail", smooth_tail)):
         if not 0 <= value < 1:
             raise UserError(f"{flag} must be in [0, 1) (both 0: plain cRT), got {value}")
+    if method not in catalog.RETRAIN_METHODS:
+        raise UserError(f"--method must be one of {', '.join(catalog.RETRAIN_METHODS)}, got {method!r}")
+    if method != "crt" and bn_stats != "trained":
+        raise UserError(
+            f"--bn_stats=class_balanced is cRT's (crt_bn); --method={method} keeps the trained ones"
+        )
+    if method == "wb" and (smooth_head or smooth_tail):
+        raise UserError("--method=wb trains with the class-balanced loss; drop --smooth_head/--smooth_tail")
+    for flag, key, valid, wanted in (
+        ("--shift_lr_factor", "lr_factor", lambda v: v > 0, "> 0"),
+        ("--wb_weight_decay", "weight_decay", lambda v: v >= 0, ">= 0"),
+        ("--wb_threshold", "threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ):
+        if key in options and not valid(options[key]):
+            raise UserError(f"{flag} must be {wanted}, got {options[key]}")
 
 
 def classifier_data(run, imbalance, imbalance_ratio, max_per_class):
@@ -239,16 +269,7 @@ def class_balanced_batch_norm(model, config, data) -> dict:
     """
     from cdt_tf import models
 
-    stream = data.train_dataset(
-        dataclasses.replace(
-            config,
-            sampler="class_balanced",
-            mixup_alpha=0.0,
-            cutmix_alpha=0.0,
-            randaugment_magnitude=0.0,
-            cutout=0,
-        )
-    )
+    stream = shift_learning.pad_crop_flip_batches(config, data)
     steps = max(1, data.size("train") // config.batch_size)
     print(f"Re-estimating the batch-norm statistics on {steps} class-balanced batches ...", flush=True)
     models.reestimate_batch_norm(model, stream, steps)
@@ -336,6 +357,7 @@ def command(flag_values) -> None:
     f = flag_values
     # One writer: not beside the run's own training or another retraining (a missing folder: retrain says so).
     lock = durability.exclusive(f.model_dir) if os.path.isdir(f.model_dir) else contextlib.nullcontext()
+    options = stage_options(f.method, f.shift_lr_factor, f.shift_affine, f.wb_weight_decay, f.wb_threshold)
     with lock:
         record = retrain(
             f.model_dir,
@@ -343,11 +365,13 @@ def command(flag_values) -> None:
             f.imbalance_ratio,
             f.max_per_class,
             f.sampler,
-            f.epochs,
+            f.epochs or DEFAULT_EPOCHS[f.method],
             f.data_dir,
             f.smooth_head,
             f.smooth_tail,
             f.bn_stats,
+            f.method,
+            options,
         )
     groups = ", ".join(
         f"{k} {'—' if v is None else f'{100 * v:.2f}%'}" for k, v in record["many_medium_few"].items()
@@ -365,7 +389,7 @@ def define_flags(flag_values) -> None:
 
     define = {
         kind: functools.partial(getattr(flags, f"DEFINE_{kind}"), flag_values=flag_values)
-        for kind in ("string", "enum", "float", "integer")
+        for kind in ("string", "enum", "float", "integer", "bool")
     }
     define["string"]("model_dir", None, "A finished run directory: its network gives the features.")
     define["string"]("data_dir", None, "Read the data from here instead of the run's own --data_dir.")
@@ -374,8 +398,31 @@ def define_flags(flag_values) -> None:
     )
     define["float"]("imbalance_ratio", None, "Classifier data: rho (default: the run's).")
     define["integer"]("max_per_class", None, "Classifier data: N_max (default: the run's).")
-    define["enum"]("sampler", "class_balanced", catalog.SAMPLERS[::-1], "Batches for the new classifier.")
-    define["integer"]("epochs", 30, "Epochs over the classifier data.")
+    define["enum"](
+        "method",
+        "crt",
+        catalog.RETRAIN_METHODS,
+        "crt: a new classifier on frozen features; shift: MiSLAS's stage 2 (crt_shift, crt_las_shift); "
+        "wb: weight balancing's stage 2.",
+    )
+    define["enum"]("sampler", "class_balanced", catalog.SAMPLERS[::-1], "--method=crt: the batches.")
+    define["integer"]("epochs", None, "Epochs over the classifier data (default: crt 30, shift and wb 10).")
+    define["float"](
+        "shift_lr_factor",
+        0.2,
+        "--method=shift: the classifier's learning rate over the logit scale's 0.1 (MiSLAS's lr_factor).",
+    )
+    define["bool"](
+        "shift_affine",
+        False,
+        "--method=shift: also learn the batch norms' gamma and beta (MiSLAS keeps them fixed).",
+    )
+    define["float"]("wb_weight_decay", 0.1, "--method=wb: the weight decay of the classifier (theirs: 0.1).")
+    define["float"](
+        "wb_threshold",
+        0.1,
+        "--method=wb: MaxNorm radius min + t (max - min) of the trained classifier's norms, t in [0, 1].",
+    )
     define["float"](
         "smooth_head",
         0.0,

@@ -69,34 +69,49 @@ def write_json(path: str, value) -> None:
     durability.sync_directory(os.path.dirname(path) or ".")
 
 
-def write_classifier(path: str, kernel, bias, batch_norm: dict | None = None) -> None:
+def write_classifier(
+    path: str, kernel, bias, batch_norm: dict | None = None, affine: dict | None = None
+) -> None:
     """Writes a linear classifier (kernel [D, C], bias [C]) as .npz, atomically.
 
     batch_norm: {layer name: (moving mean, moving variance)} the classifier was trained with, when
-    they are not the run's own (re-estimated statistics); stored beside the weights.
+    they are not the run's own (re-estimated or shifted statistics); stored beside the weights as
+    bn/<name>/moving_mean and bn/<name>/moving_variance.
+    affine: {layer name: (gamma, beta)} of batch norms whose affine parameters were learned with the
+    classifier (shift learning with --shift_affine), as bn/<name>/gamma and bn/<name>/beta.
     """
     arrays = {"kernel": np.asarray(kernel, np.float32), "bias": np.asarray(bias, np.float32)}
-    for name, (mean, variance) in (batch_norm or {}).items():
-        arrays[f"bn/{name}/moving_mean"] = np.asarray(mean, np.float32)
-        arrays[f"bn/{name}/moving_variance"] = np.asarray(variance, np.float32)
+    for group, keys in ((batch_norm, ("moving_mean", "moving_variance")), (affine, ("gamma", "beta"))):
+        for name, values in (group or {}).items():
+            for key, value in zip(keys, values, strict=True):
+                arrays[f"bn/{name}/{key}"] = np.asarray(value, np.float32)
     temporary = f"{path}.tmp.npz"
     np.savez(temporary, **arrays)
     os.replace(temporary, path)
 
 
-def read_classifier(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(kernel [D, C], bias [C], batch-norm statistics or {}) of a file `write_classifier` wrote.
+def read_classifier(path: str) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """(kernel [D, C], bias [C], batch-norm statistics or {}, batch-norm (gamma, beta) or {}) of a file
+    `write_classifier` wrote (older files, without gamma and beta, read the same).
 
     One-line UserError when it is missing or unusable.
     """
     try:
         with np.load(path) as content:
-            names = sorted({key.split("/")[1] for key in content.files if key.startswith("bn/")})
+
+            def layers(key: str) -> list[str]:
+                return sorted(
+                    {k.split("/")[1] for k in content.files if k.startswith("bn/") and k.endswith(key)}
+                )
+
             batch_norm = {
                 name: (content[f"bn/{name}/moving_mean"], content[f"bn/{name}/moving_variance"])
-                for name in names
+                for name in layers("/moving_mean")
             }
-            return content["kernel"], content["bias"], batch_norm
+            affine = {
+                name: (content[f"bn/{name}/gamma"], content[f"bn/{name}/beta"]) for name in layers("/gamma")
+            }
+            return content["kernel"], content["bias"], batch_norm, affine
     except (OSError, KeyError, ValueError) as error:
         raise UserError(f"cannot read the classifier weights {path} ({error}); retrain them") from None
 

@@ -279,7 +279,7 @@ def test_main_runs_the_second_stage_once_and_refuses_smoothing_without_values(tm
     assert not model_dir.exists()  # Refused before anything was written.
     result = cli(*flags_, "--smooth_head=0.2", "--smooth_tail=0.05")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Second stage: crt_las on the frozen features" in result.stdout
+    assert "Second stage: crt_las on the trained network" in result.stdout
     assert f"cdt_tf.export --model_dir={model_dir} --classifier=crt_las" in result.stdout
     record = _results(model_dir)["post_hoc"]["crt_las"]
     assert record["label_aware_smoothing"]["head"] == 0.2 and record["label_aware_smoothing"]["tail"] == 0.05
@@ -288,5 +288,5 @@ def test_main_runs_the_second_stage_once_and_refuses_smoothing_without_values(tm
     # The same command again: the finished run and its second stage are reused, not redone.
     again = cli(*flags_, "--smooth_head=0.2", "--smooth_tail=0.05")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "Second stage: crt_las on the frozen features" not in again.stdout
+    assert "Second stage: crt_las on the trained network" not in again.stdout
     assert f"Second stage crt_las: top-1 {100 * record['top1']:.2f}%" in again.stdout

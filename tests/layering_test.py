@@ -51,7 +51,19 @@ LAYERS = (
         },
     ),
     ("run directory", {"rundir", "durability", "features"}),
-    ("reports", {"post_hoc", "analyze", "retrain_classifier", "export", "serving_module"}),
+    (
+        "reports",
+        {
+            "post_hoc",
+            "analyze",
+            "retrain_classifier",
+            "linear_head",
+            "shift_learning",
+            "weight_balancing",
+            "export",
+            "serving_module",
+        },
+    ),
     ("training", {"train", "objective", "callbacks", "multi_worker"}),
     ("entry points", {"main"}),
 )

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cdt_tf import class_stats, diagnosis, post_hoc, retrain_classifier
+from cdt_tf import class_stats, diagnosis, linear_head, post_hoc
 from cdt_tf.errors import UserError
 from cdt_tf.features import Features
 
@@ -113,7 +113,7 @@ def test_plot_and_text_table(tmp_path):
 @pytest.mark.parametrize("sampler", ["class_balanced", "instance"])
 def test_retrained_classifier_learns_separable_features(sampler):
     split, _ = synthetic_split(40, np.zeros(3), 4)
-    kernel, bias = retrain_classifier.train_linear_classifier(
+    kernel, bias = linear_head.train_linear_classifier(
         split.features, split.labels, 3, sampler=sampler, epochs=20, batch_size=32
     )
     assert kernel.shape == (6, 3) and bias.shape == (3,)
@@ -129,7 +129,7 @@ def test_class_balanced_retraining_favours_minor_classes_more_than_instance():
     features = np.where(labels[:, None] == 0, 0.0, 1.0) + rng.normal(scale=0.8, size=(len(labels), 1))
     predicted_minor = {}
     for sampler in ("instance", "class_balanced"):
-        kernel, bias = retrain_classifier.train_linear_classifier(
+        kernel, bias = linear_head.train_linear_classifier(
             features, labels, 2, sampler=sampler, epochs=30, batch_size=32
         )
         predicted_minor[sampler] = ((features @ kernel + bias).argmax(1) == 1).mean()
@@ -156,7 +156,7 @@ def test_smoothed_targets_make_a_retrained_classifier_less_confident():
     split, _ = synthetic_split(40, np.zeros(3), 4)
     confidence = {}
     for name, smoothing in (("one_hot", None), ("smoothed", np.full(3, 0.6))):
-        kernel, bias = retrain_classifier.train_linear_classifier(
+        kernel, bias = linear_head.train_linear_classifier(
             split.features, split.labels, 3, epochs=20, batch_size=32, smoothing=smoothing
         )
         logits = split.features @ kernel + bias
