@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 
 import h5py
@@ -55,8 +56,13 @@ def _run_together(commands: list[tuple[list[str], str | None]], log_dir, timeout
                     text=True,
                 )
             )
+        deadline = time.monotonic() + timeout
         for process in processes:
-            process.wait(timeout=timeout)
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        hung = [i for i, process in enumerate(processes) if process.poll() is None]
+    else:
+        hung = []
     finally:
         for process in processes:
             if process.poll() is None:
@@ -67,6 +73,10 @@ def _run_together(commands: list[tuple[list[str], str | None]], log_dir, timeout
         log.seek(0)
         outputs.append(log.read())
         log.close()
+    # A hang names the process(es) still running at the deadline, with every process's last lines.
+    assert not hung, f"process(es) {hung} still running after {timeout} s:\n" + "\n".join(
+        f"--- process{i}:\n{output[-1500:]}" for i, output in enumerate(outputs)
+    )
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
     return outputs
