@@ -50,6 +50,12 @@ SECOND_STAGES = ("crt", "crt_las", "crt_bn", "crt_las_bn", "crt_shift", "crt_las
 # smoothing and batch-norm suffixes): cRT, shift learning, weight balancing.
 RETRAIN_METHODS = ("crt", "shift", "wb")
 
+
+def retrain_method(stage: str) -> str:
+    """The RETRAIN_METHODS entry that trains a SECOND_STAGES name: wb, shift (the *_shift ones) or crt."""
+    return "wb" if stage == "wb" else "shift" if stage.endswith("_shift") else "crt"
+
+
 # Input pipeline (cdt_tf.input_pipeline).
 SAMPLERS = ("instance", "class_balanced")
 AUGMENTATIONS = ("crop_flip", "none")

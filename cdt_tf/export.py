@@ -228,11 +228,11 @@ def retrained_classifier(model_dir: str, results: dict, classifier: str) -> tupl
     entry = (results.get("post_hoc") or {}).get(classifier) or {}
     weights = os.path.join(model_dir, entry.get("weights") or "")
     if not entry.get("weights") or not os.path.isfile(weights):
+        method = catalog.retrain_method(classifier)
         options = "".join(
             option
             for condition, option in (
-                (classifier == "wb", " --method=wb"),
-                (classifier.endswith("_shift"), " --method=shift"),
+                (method != "crt", f" --method={method}"),
                 ("_las" in classifier, " --smooth_head=0.3"),
                 (classifier.endswith("_bn"), " --bn_stats=class_balanced"),
             )

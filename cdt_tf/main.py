@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cdt_tf import cli, config, durability, rundir
+from cdt_tf import catalog, cli, config, durability, rundir
 from cdt_tf.errors import UserError
 
 
@@ -62,10 +62,9 @@ def run_second_stage(run_config: config.Config) -> None:
     """--second_stage: retrain the finished run's classifier (once; a later start reuses the record)."""
     from cdt_tf import retrain_classifier
 
-    name = run_config.second_stage
-    c = run_config
+    name, c = run_config.second_stage, run_config
     options = retrain_classifier.stage_options(
-        name, c.shift_lr_factor, c.shift_affine, c.wb_weight_decay, c.wb_threshold
+        catalog.retrain_method(name), c.shift_lr_factor, c.shift_affine, c.wb_weight_decay, c.wb_threshold
     )
     record = retrain_classifier.second_stage(
         c.model_dir, name, c.smooth_head, c.smooth_tail, c.data_dir, options

@@ -62,11 +62,14 @@ def posthoc_key(smoothing: bool, batch_norm: bool, method: str = "crt") -> str:
     return "crt" + ("_las" if smoothing else "") + suffix
 
 
-def stage_options(name: str, shift_lr_factor=0.2, shift_affine=False, wb_weight_decay=0.1, wb_threshold=0.1):
-    """The hyperparameters of a second stage its record keeps (`options`); {} for cRT's."""
-    if name.endswith("_shift") or name == "shift":
+def stage_options(
+    method: str, shift_lr_factor=0.2, shift_affine=False, wb_weight_decay=0.1, wb_threshold=0.1
+):
+    """The hyperparameters a second stage's record keeps (`options`) for a catalog.RETRAIN_METHODS
+    entry (`catalog.retrain_method` of a stage's name); {} for cRT's."""
+    if method == "shift":
         return {"lr_factor": shift_lr_factor, "affine": bool(shift_affine)}
-    if name == "wb":
+    if method == "wb":
         return {"weight_decay": wb_weight_decay, "threshold": wb_threshold}
     return {}
 
@@ -81,7 +84,7 @@ def second_stage(
 ) -> dict:
     """One of catalog.SECOND_STAGES on a finished run (on its own subset): its record.
 
-    smooth_head/smooth_tail apply to the *_las stages only; options are `stage_options(name, ...)`.
+    smooth_head/smooth_tail apply to the *_las stages only; options are `stage_options(method, ...)`.
     A record already in results.json's post_hoc.<name> with the same smoothing and options is
     returned as it is; else the classifier is retrained.
     """
@@ -97,7 +100,7 @@ def second_stage(
         if same and (record.get("options") or {}) == options:
             return record
     print(f"Second stage: {name} on the trained network ...", flush=True)
-    method = "wb" if name == "wb" else "shift" if name.endswith("_shift") else "crt"
+    method = catalog.retrain_method(name)
     return retrain(
         model_dir,
         epochs=DEFAULT_EPOCHS[method],
