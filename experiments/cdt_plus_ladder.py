@@ -62,6 +62,10 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "logit adjustment in the loss, τ = 1: softmax of z_c / a_c + log π_c (CDT with Balanced Softmax)",
         ("--prior_tau=1.0",),
     ),
+    "gamma0": (
+        "no temperatures, γ 0 (with prior: the logit-adjusted loss alone, Balanced Softmax without CDT)",
+        ("--gamma=0",),
+    ),
     "gamma0.5": ("gamma 0.5 (from 0.3)", ("--gamma=0.5",)),
     "gamma0.2": ("gamma 0.2 (from 0.3)", ("--gamma=0.2",)),
     "sam": ("SAM, rho 0.05 (two passes a step: about twice the time)", ("--sam_rho=0.05",)),

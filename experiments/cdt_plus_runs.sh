@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CDT+ recipe at 200 epochs, one run after another, outside the checkout: first the recipe with a
+# The CDT+ recipe at 200 epochs, one run after another, outside the checkout: first its baseline, the
+# paper's CDT recipe for each seed (cifar10_lt100_cdt, cifar10_lt100_cdt_seedN), then the recipe with a
 # VAL_PER_CLASS-a-class validation split carved out (cifar10_lt100_cdt_plus_val<K>, seed 0: the
 # selection run, whose validation split chooses the tau of N_c^tau and of logit adjustment, the
 # recipe's prediction), then flags/cifar10_lt100_cdt_plus.cfg for each seed (seed 0 in
@@ -28,6 +29,15 @@ train() {  # train <name> <flags...>
   "$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt_plus.cfg --data_dir="$DATA_DIR" "$@" \
     --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
 }
+# The baseline CDT+ is measured against: the paper's CDT recipe at the same padding and precision, the
+# same seeds (seed 0 is the reference-parity queue's cifar10_lt100_cdt; it returns at once if finished).
+for seed in ${SEEDS:-0 1}; do
+  name=cifar10_lt100_cdt
+  [ "$seed" = 0 ] || name="${name}_seed$seed"
+  echo "== $(date -u +%FT%TZ) $name (baseline, --seed=$seed)"
+  "$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt.cfg --data_dir="$DATA_DIR" --seed="$seed" \
+    --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+done
 taus_from=()
 if [ "$VAL_PER_CLASS" != 0 ]; then
   selection="cifar10_lt100_cdt_plus_val$VAL_PER_CLASS"

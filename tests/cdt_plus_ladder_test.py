@@ -95,20 +95,27 @@ def test_rungs_run_the_compressed_recipe_with_their_levers_and_choose_on_validat
 
 def test_the_prior_and_mix_ramp_levers_give_a_valid_run_on_the_compressed_schedule(tmp_path):
     runs = tmp_path / "runs"
-    rung = "mixup+mixramp+prior"
+    rung = "mixup+mixramp+prior+gamma0"
     result = _ladder(
         f"--runs_dir={runs}", f"--python={_fake_python(tmp_path)}", f"--rungs={rung}", "--epochs=60"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     argv = json.loads((runs / rung / "argv.json").read_text())
     # The ramp runs from half-way to the first decay (24 of 60) to none at it (48).
-    for flag in ("--mix_schedule=ramp", "--mix_ramp_start=24", "--mix_until_epoch=48", "--prior_tau=1.0"):
+    for flag in (
+        "--mix_schedule=ramp",
+        "--mix_ramp_start=24",
+        "--mix_until_epoch=48",
+        "--prior_tau=1.0",
+        "--gamma=0",
+    ):
         assert flag in argv
     flagfile = next(a.split("=", 1)[1] for a in argv if a.startswith("--flagfile="))
     extra = [a for a in argv[2:] if not a.startswith(("--flagfile=", "--model_dir=", "--data_dir="))]
     config = flagfile_config(os.path.join(REPO_ROOT, flagfile), *extra)  # Validates: the rung would start.
     assert (config.mix_schedule, config.mix_ramp_start, config.mix_until_epoch) == ("ramp", 24, 48)
-    assert config.prior_tau == 1.0 and config.loss == "cdt"
+    # gamma0 after the base's --gamma=0.3: the logit-adjusted loss alone, without CDT's temperatures.
+    assert config.prior_tau == 1.0 and config.loss == "cdt" and config.gamma == 0.0
 
 
 def test_a_finished_rung_is_collected_not_rerun(tmp_path):
@@ -251,7 +258,7 @@ def test_the_cdt_plus_prediction_is_the_best_rule_on_the_selection_runs_validati
     assert f"tau = {post_hoc['logit_adjustment']['tau']:g} chosen on the validation split" in header
 
 
-def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own_directory(tmp_path):
+def test_cdt_plus_runs_trains_the_cdt_baseline_then_the_selection_run_then_each_seed_apart(tmp_path):
     # experiments/cdt_plus_runs.sh with a stand-in Python that records each command (one JSON line each);
     # the first seed "fails", and the script goes on to the next as long_runs.sh does.
     log = tmp_path / "commands.jsonl"
@@ -273,7 +280,11 @@ def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own
     assert "failed" not in result.stdout.replace("cifar10_lt100_cdt_plus failed (3)", ""), result.stdout
     head = ["-m", "cdt_tf.main", "--flagfile=flags/cifar10_lt100_cdt_plus.cfg", f"--data_dir={data}"]
     selection = runs / "cifar10_lt100_cdt_plus_val7"
+    baseline = ["-m", "cdt_tf.main", "--flagfile=flags/cifar10_lt100_cdt.cfg", f"--data_dir={data}"]
     assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        # The baseline first: the paper's CDT for the same seeds (seed 0 shares the parity queue's run).
+        baseline + ["--seed=0", f"--model_dir={runs / 'cifar10_lt100_cdt'}"],
+        baseline + ["--seed=2", f"--model_dir={runs / 'cifar10_lt100_cdt_seed2'}"],
         head + ["--seed=0", "--val_per_class=7", "--tau_from=", f"--model_dir={selection}"],
         head + ["--seed=0", f"--tau_from={selection}", f"--model_dir={runs / 'cifar10_lt100_cdt_plus'}"],
         head
@@ -284,7 +295,8 @@ def test_cdt_plus_runs_trains_each_seed_then_the_selection_run_each_into_its_own
     result = run_command("bash", script, env=dict(env, SEEDS="1", VAL_PER_CLASS="0"), timeout=60)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in log.read_text().splitlines()] == [
-        head + ["--seed=1", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_seed1'}"]
+        baseline + ["--seed=1", f"--model_dir={runs / 'cifar10_lt100_cdt_seed1'}"],
+        head + ["--seed=1", f"--model_dir={runs / 'cifar10_lt100_cdt_plus_seed1'}"],
     ]
 
 
