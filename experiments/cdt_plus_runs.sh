@@ -22,32 +22,29 @@ RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
 DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
 VAL_PER_CLASS="${VAL_PER_CLASS:-250}"
 mkdir -p "$RUNS_DIR"
-train() {  # train <name> <flags...>
-  local name="$1"
-  shift
+train() {  # train <flagfile name> <run name> <flags...>
+  local flagfile="$1" name="$2"
+  shift 2
   echo "== $(date -u +%FT%TZ) $name ($*)"
-  "$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt_plus.cfg --data_dir="$DATA_DIR" "$@" \
+  "$PYTHON" -m cdt_tf.main --flagfile="flags/$flagfile.cfg" --data_dir="$DATA_DIR" "$@" \
     --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+}
+seeded() {  # seeded <flagfile name> <seed>: the run's name, <flagfile name> for seed 0, else _seed<seed> added
+  if [ "$2" = 0 ]; then echo "$1"; else echo "$1_seed$2"; fi
 }
 # The baseline CDT+ is measured against: the paper's CDT recipe at the same padding and precision, the
 # same seeds (seed 0 is the reference-parity queue's cifar10_lt100_cdt; it returns at once if finished).
 for seed in ${SEEDS:-0 1}; do
-  name=cifar10_lt100_cdt
-  [ "$seed" = 0 ] || name="${name}_seed$seed"
-  echo "== $(date -u +%FT%TZ) $name (baseline, --seed=$seed)"
-  "$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt.cfg --data_dir="$DATA_DIR" --seed="$seed" \
-    --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+  train cifar10_lt100_cdt "$(seeded cifar10_lt100_cdt "$seed")" --seed="$seed"
 done
 taus_from=()
 if [ "$VAL_PER_CLASS" != 0 ]; then
   selection="cifar10_lt100_cdt_plus_val$VAL_PER_CLASS"
   # --tau_from= (empty): the selection run chooses its own taus on its validation split.
-  train "$selection" --seed=0 --val_per_class="$VAL_PER_CLASS" --tau_from=
+  train cifar10_lt100_cdt_plus "$selection" --seed=0 --val_per_class="$VAL_PER_CLASS" --tau_from=
   taus_from=(--tau_from="$RUNS_DIR/$selection")
 fi
 for seed in ${SEEDS:-0 1}; do
-  name=cifar10_lt100_cdt_plus
-  [ "$seed" = 0 ] || name="${name}_seed$seed"
-  train "$name" --seed="$seed" "${taus_from[@]}"
+  train cifar10_lt100_cdt_plus "$(seeded cifar10_lt100_cdt_plus "$seed")" --seed="$seed" "${taus_from[@]}"
 done
 echo "== $(date -u +%FT%TZ) done"
