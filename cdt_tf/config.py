@@ -80,6 +80,9 @@ class Config:
     sam_classes: str = "all"
     sam_tail_threshold: int = 100
     max_norm: float = 0.0
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+    contrastive_dim: int = 128
     lr_schedule: str = "step"
     warmup_epochs: int = 5
     decay_epochs: tuple[int, ...] = (160, 180)
@@ -166,6 +169,11 @@ class Config:
         if self.augmentation != "auto":
             return self.augmentation
         return "none" if self.dataset == "digits" else "crop_flip"
+
+    @property
+    def training_views(self) -> int:
+        """Augmented views of each training image a batch holds: 2 with the contrastive branch."""
+        return 2 if self.contrastive_weight > 0 else 1
 
     @property
     def mixes_batches(self) -> bool:

@@ -125,6 +125,15 @@ def objective_checks(config):
             config.prior_tau >= 0,
             f"--prior_tau must be >= 0 (0: off; 1 on ce is Balanced Softmax), got {config.prior_tau}",
         ),
+        (
+            config.contrastive_weight >= 0,
+            f"--contrastive_weight must be >= 0 (0: off), got {config.contrastive_weight}",
+        ),
+        (
+            config.contrastive_temperature > 0,
+            f"--contrastive_temperature must be > 0, got {config.contrastive_temperature}",
+        ),
+        (config.contrastive_dim >= 1, f"--contrastive_dim must be >= 1, got {config.contrastive_dim}"),
     ]
     ties = [
         (
@@ -146,8 +155,37 @@ def objective_checks(config):
             "--drw_epoch with --loss=reweight: defer its weights with --gamma_schedule=step "
             "--gamma_epoch=E instead",
         ),
+        *contrastive_checks(config),
     ]
     return own, ties
+
+
+def contrastive_checks(config):
+    """What --contrastive_weight cannot be combined with (cdt_tf/contrastive.py)."""
+    if not config.contrastive_weight:
+        return []
+    return [
+        (
+            not config.mixes_batches,
+            "--contrastive_weight pairs images by their labels, which MixUp/CutMix make soft; drop "
+            "--mixup_alpha/--cutmix_alpha or --contrastive_weight",
+        ),
+        (
+            not config.sam_rho,
+            "--contrastive_weight and --sam_rho each take their own training step; use one of them",
+        ),
+        (
+            config.strategy != "multi_worker",
+            "--contrastive_weight is not in the training loop of --strategy=multi_worker; use "
+            "--strategy=auto or mirrored",
+        ),
+        (
+            config.resolved_augmentation != "none" or config.randaugment_magnitude > 0 or config.cutout > 0,
+            "--contrastive_weight contrasts two augmented views of each image, and with "
+            "--augmentation=none they are the same image; use --augmentation=crop_flip (or "
+            "--randaugment_magnitude/--cutout)",
+        ),
+    ]
 
 
 def post_hoc_checks(config):

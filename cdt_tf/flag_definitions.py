@@ -222,6 +222,21 @@ def _define_objective_flags(define: dict) -> None:
         "instance: shuffle the training subset. class_balanced: each example's class drawn uniformly, "
         "then an image of that class (re-sampling).",
     )
+    define["float"](
+        "contrastive_weight",
+        0.0,
+        "Balanced contrastive learning (BCL, Zhu et al. 2022): add this weight times a class-averaged "
+        "supervised-contrastive loss on a projection of the features, with the classifier's class "
+        "weights as class centers, to --loss. Each batch then holds two augmented views of each image "
+        "(about twice the time a step). The heads are dropped after training. Not with MixUp/CutMix, "
+        "SAM or --strategy=multi_worker. 0: off.",
+    )
+    define["float"](
+        "contrastive_temperature", 0.1, "--contrastive_weight: the temperature T of the contrastive loss."
+    )
+    define["integer"](
+        "contrastive_dim", 128, "--contrastive_weight: the width of the projections (both MLP heads)."
+    )
 
 
 def _define_post_hoc_flags(define: dict) -> None:

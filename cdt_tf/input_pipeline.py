@@ -7,6 +7,11 @@ Test: balanced, unaugmented, batched.
 
 Images read from files (iNaturalist): shuffled file names -> parallel read, decode,
 random-resized crop + flip -> batch -> prefetch; test: resize + centre crop, batched.
+
+Views. Every training pipeline takes `views` (default 1): with V > 1 each drawn example is repeated V
+times before augmentation, so that each copy is augmented with its own seed, and a batch holds the V
+views of each of batch_size examples next to each other (V * batch_size images, labels repeated):
+the input of a contrastive branch (`contrastive`), to Keras an ordinary batch.
 A training image that fails to decode is dropped with a logged warning (see `_decode_and_batch`);
 evaluation keeps every image or fails.
 """
@@ -70,6 +75,15 @@ def pad_crop_flip(image, seed, pad: int = 4):
     return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
 
 
+def repeat_each(dataset: tf.data.Dataset, views: int) -> tf.data.Dataset:
+    """Each element `views` times in a row (views >= 1; 1: the dataset itself)."""
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    if views == 1:
+        return dataset
+    return dataset.flat_map(lambda *element: tf.data.Dataset.from_tensors(element).repeat(views))
+
+
 # Offsets the sampler's random stream from the augmentation's (both derive from --seed).
 _SAMPLER_SEED_OFFSET = 7919
 
@@ -119,6 +133,7 @@ def build_train_dataset(
     seed: int,
     repeat: bool = False,
     sampler: str = "instance",
+    views: int = 1,
 ) -> tf.data.Dataset:
     """The training pipeline. Yields (uint8 [B, H, W, 3], int64 [B]); the last partial batch is dropped.
 
@@ -127,6 +142,7 @@ def build_train_dataset(
 
     sampler: "instance" shuffles the examples each epoch (repeating only if `repeat`);
     "class_balanced" is endless (`class_balanced_indices`): give `fit` steps_per_epoch.
+    views: V augmented views of each example (module docstring): batches of V * B images.
     """
     if augmentation not in ("crop_flip", "none"):
         raise ValueError(f"unknown augmentation {augmentation!r}")
@@ -149,6 +165,7 @@ def build_train_dataset(
         dataset = dataset.cache().shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         if repeat:
             dataset = dataset.repeat()
+    dataset = repeat_each(dataset, views)
     if augmentation == "crop_flip":
         # One stateless seed per example, from a seeded stream: augmentation is
         # reproducible even with parallel map calls.
@@ -157,7 +174,7 @@ def build_train_dataset(
             lambda example, s: (pad_crop_flip(example[0], s, pad), example[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size * views, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def build_eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -275,7 +292,9 @@ def resize_center_crop(encoded, image_size: int = 224, resize_size: int = 0):
     return _to_uint8(crop, image_size)
 
 
-def _decode_and_batch(examples, read, batch_size: int, seed: int, image_size: int, augmentation: str):
+def _decode_and_batch(
+    examples, read, batch_size: int, seed: int, image_size: int, augmentation: str, views: int = 1
+):
     """(path or encoded image, label) -> decoded, augmented, batched and prefetched (uint8, int64).
 
     A backstop for training: an example whose read or decode fails is dropped
@@ -286,8 +305,10 @@ def _decode_and_batch(examples, read, batch_size: int, seed: int, image_size: in
     throughput (measured: the same images/s as without it); dropping decode errors only, in a
     one-element dataset per image so that read errors still stop training, cost ~20 % of the
     throughput, so it was not used. Evaluation pipelines drop nothing: their outputs are matched
-    to labels by position.
+    to labels by position. With views > 1 each view reads and decodes the file itself; a file
+    that fails to decode fails in each view, so its views are dropped together.
     """
+    examples = repeat_each(examples, views)
     if augmentation == "crop_flip":
         # One stateless seed per example from a seeded stream, as in build_train_dataset.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -301,7 +322,7 @@ def _decode_and_batch(examples, read, batch_size: int, seed: int, image_size: in
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     dataset = dataset.ignore_errors(log_warning=True)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size * views, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def _check_train_arguments(augmentation: str, sampler: str) -> None:
@@ -321,6 +342,7 @@ def build_file_train_dataset(
     sampler: str = "instance",
     repeat: bool = False,
     shuffle_buffer: int = 0,
+    views: int = 1,
 ) -> tf.data.Dataset:
     """The training pipeline of images read from files. Yields (uint8 [B, S, S, 3], int64 [B]).
 
@@ -337,6 +359,7 @@ def build_file_train_dataset(
       sampler: "instance" shuffles each epoch (repeating only if `repeat`); "class_balanced" is
         the endless stream of `class_balanced_indices`: give `fit` steps_per_epoch.
       shuffle_buffer: file names in the shuffle buffer (0: all of them).
+      views: V augmented views of each image (module docstring): batches of V * B images.
     """
     _check_train_arguments(augmentation, sampler)
     paths, labels = np.asarray(paths, str), np.asarray(labels, np.int64)
@@ -356,7 +379,7 @@ def build_file_train_dataset(
         )
         if repeat:
             examples = examples.repeat()
-    return _decode_and_batch(examples, tf.io.read_file, batch_size, seed, image_size, augmentation)
+    return _decode_and_batch(examples, tf.io.read_file, batch_size, seed, image_size, augmentation, views)
 
 
 def build_file_eval_dataset(
@@ -383,6 +406,7 @@ def build_record_train_dataset(
     augmentation: str = "crop_flip",
     repeat: bool = False,
     shuffle_buffer: int = RECORD_SHUFFLE_BUFFER,
+    views: int = 1,
 ) -> tf.data.Dataset:
     """`build_file_train_dataset` for streamed (encoded image, label) records, e.g. TFDS's.
 
@@ -394,7 +418,9 @@ def build_record_train_dataset(
     examples = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         examples = examples.repeat()
-    return _decode_and_batch(examples, lambda encoded: encoded, batch_size, seed, image_size, augmentation)
+    return _decode_and_batch(
+        examples, lambda encoded: encoded, batch_size, seed, image_size, augmentation, views
+    )
 
 
 def build_record_eval_dataset(

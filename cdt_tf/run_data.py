@@ -124,7 +124,8 @@ class RunData:
         """The augmented training pipeline of --sampler and --augmentation, then --randaugment_magnitude,
         --cutout and --mixup_alpha/--cutmix_alpha (`augment.augment_dataset`).
 
-        Yields (uint8 [B, ...], int64 [B]); with MixUp/CutMix (float32 [B, ...], float32 [B, C]).
+        Yields (uint8 [B, ...], int64 [B]); with MixUp/CutMix (float32 [B, ...], float32 [B, C]); with
+        --contrastive_weight the two views of each of B images (2B images, labels repeated).
         The same for sources in memory and read from files. mix_prob: a float32 tf.Variable to read
         the mixing probability from at each batch (set by a schedule; --mix_until_epoch), else
         --mix_prob.
@@ -132,7 +133,7 @@ class RunData:
         return augment.augment_dataset(
             self._base_train_dataset(config),
             self.num_classes,
-            config.batch_size,
+            config.batch_size * config.training_views,
             config.seed,
             randaugment_magnitude=config.randaugment_magnitude,
             randaugment_ops=config.randaugment_ops,
@@ -155,6 +156,7 @@ class RunData:
                 config.seed,
                 repeat=repeat,
                 sampler=config.sampler,
+                views=config.training_views,
             )
         common = {
             "batch_size": config.batch_size,
@@ -162,6 +164,7 @@ class RunData:
             "image_size": self.source.image_size,
             "augmentation": config.resolved_augmentation,
             "repeat": repeat,
+            "views": config.training_views,
         }
         split = self.source.train
         if split.paths is not None:

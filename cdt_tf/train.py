@@ -12,6 +12,7 @@ from absl import logging
 
 from cdt_tf import (
     class_stats,
+    contrastive,
     distribution,
     durability,
     evaluate,
@@ -202,7 +203,8 @@ def write_data_records(config: Config, data: run_data.RunData) -> dict:
 
 def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
     """(model builder, compiled model, loss): call inside the strategy's scope. With --sam_rho the
-    compiled model is a sam.SharpnessAwareModel over the builder's network (fit unwraps it)."""
+    compiled model is a sam.SharpnessAwareModel over the builder's network, with --contrastive_weight
+    a contrastive.ContrastiveModel (fit unwraps either)."""
     mean, std = data.normalization()
     input_shape = data.input_shape()
 
@@ -229,6 +231,10 @@ def compile_model(config: Config, data: run_data.RunData, steps_per_epoch: int):
                 flush=True,
             )
         model = sam.SharpnessAwareModel.wrap(model, config.sam_rho, tail_classes)
+    if config.contrastive_weight:  # Its train_step adds BCL's loss; fit unwraps it (plain_model).
+        model = contrastive.ContrastiveModel.wrap(
+            model, config.contrastive_weight, config.contrastive_temperature, config.contrastive_dim
+        )
     loss = objective.build_loss(config, data.class_counts)
     optimizer = CoupledDecaySGD(
         coupled_weight_decay=config.weight_decay,
@@ -366,8 +372,8 @@ def fit(
             verbose=1 if sys.stdout.isatty() else 2,
             shuffle=False,  # The tf.data pipeline shuffles.
         )
-        if isinstance(model, sam.SharpnessAwareModel):  # model.keras holds an ordinary model.
-            model = model.plain_model()
+        if isinstance(model, (sam.SharpnessAwareModel, contrastive.ContrastiveModel)):
+            model = model.plain_model()  # model.keras holds an ordinary model.
     if stop_on_nan.nan_epoch is not None:
         raise TrainingError(
             f"the training loss became NaN in epoch {stop_on_nan.nan_epoch}; the last good epoch "

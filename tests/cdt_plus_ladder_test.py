@@ -118,6 +118,20 @@ def test_the_prior_and_mix_ramp_levers_give_a_valid_run_on_the_compressed_schedu
     assert config.prior_tau == 1.0 and config.loss == "cdt" and config.gamma == 0.0
 
 
+def test_the_bcl_lever_gives_a_valid_run_with_two_views(tmp_path):
+    runs = tmp_path / "runs"
+    rung = "bcl+prior+gamma0"  # BCL as its authors train it: the logit-adjusted loss beside it.
+    result = _ladder(
+        f"--runs_dir={runs}", f"--python={_fake_python(tmp_path)}", f"--rungs={rung}", "--epochs=60"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    argv = json.loads((runs / rung / "argv.json").read_text())
+    flagfile = next(a.split("=", 1)[1] for a in argv if a.startswith("--flagfile="))
+    extra = [a for a in argv[2:] if not a.startswith(("--flagfile=", "--model_dir=", "--data_dir="))]
+    config = flagfile_config(os.path.join(REPO_ROOT, flagfile), *extra)  # Validates: the rung would start.
+    assert config.contrastive_weight == 0.35 and config.training_views == 2 and config.prior_tau == 1.0
+
+
 def test_a_finished_rung_is_collected_not_rerun(tmp_path):
     runs = tmp_path / "runs"
     (runs / "cdt").mkdir(parents=True)

@@ -46,6 +46,7 @@ LAYERS = (
             "models",
             "max_norm",
             "sam",
+            "contrastive",
             "imagenet_resnets",
             "network_layers",
         },
