@@ -314,6 +314,32 @@ def test_cdt_plus_runs_trains_the_cdt_baseline_then_the_selection_run_then_each_
     ]
 
 
+def test_cdt_plus_v2_runs_trains_cdt_seed_1_then_the_two_seed_ladder_over_the_committed_rungs(tmp_path):
+    log = tmp_path / "commands.jsonl"
+    fake = tmp_path / "fake_python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    fake.chmod(0o755)
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    (runs / "cdt_plus_ladder" / "cdt").mkdir(parents=True)  # A rung already here stays as it is.
+    env = dict(subprocess_env(), PYTHON=str(fake), RUNS_DIR=str(runs), DATA_DIR=str(data), RUNGS="cdt,bcl")
+    script = os.path.join(REPO_ROOT, "experiments", "cdt_plus_v2_runs.sh")
+    result = run_command("bash", script, env=env, timeout=60)
+    assert result.returncode == 0 and "failed" not in result.stdout, result.stdout + result.stderr
+    ladder = runs / "cdt_plus_ladder"
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        ["-m", "cdt_tf.main", "--flagfile=flags/cifar10_lt100_cdt.cfg", f"--data_dir={data}", "--seed=1"]
+        + [f"--model_dir={runs / 'cifar10_lt100_cdt_seed1'}"],
+        ["experiments/cdt_plus_ladder.py", f"--runs_dir={ladder}", f"--data_dir={data}", "--seeds=0,1"]
+        + ["--rungs=cdt,bcl"],
+    ]
+    # The committed seed-0 rungs are copied in (to be collected), except one already there.
+    assert (ladder / "mixup+mixoff" / "results.json").exists() and not any((ladder / "cdt").iterdir())
+
+
 CDT_PLUS_RUNS = {0: "cifar10_lt100_cdt_plus", 1: "cifar10_lt100_cdt_plus_seed1"}
 
 
