@@ -7,13 +7,13 @@ Test: balanced, unaugmented, batched.
 
 Images read from files (iNaturalist): shuffled file names -> parallel read, decode,
 random-resized crop + flip -> batch -> prefetch; test: resize + centre crop, batched.
+A training image that fails to decode is dropped with a logged warning (see `_decode_and_batch`);
+evaluation keeps every image or fails.
 
 Views. Every training pipeline takes `views` (default 1): with V > 1 each drawn example is repeated V
 times before augmentation, so that each copy is augmented with its own seed, and a batch holds the V
 views of each of batch_size examples next to each other (V * batch_size images, labels repeated):
 the input of a contrastive branch (`contrastive`), to Keras an ordinary batch.
-A training image that fails to decode is dropped with a logged warning (see `_decode_and_batch`);
-evaluation keeps every image or fails.
 """
 
 from __future__ import annotations
