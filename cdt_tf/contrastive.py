@@ -29,8 +29,8 @@ network, which predicts with the argmax of its logits as before.
 What differs from the authors' code (FlamieZhu/Balanced-Contrastive-Learning, read, not copied):
 they pass three views a step (one with the classifier's augmentation for L_cls, two for the
 contrastive branch, often with stronger augmentation); here the pipeline gives two views of each
-image with the run's augmentation (`input_pipeline`'s views), and L_cls takes both: about twice the
-time of a plain step instead of three times. The loss itself is theirs term for term (their
+image with the run's augmentation (`input_pipeline`'s views), and L_cls takes both: twice the images
+of a plain step, against three times for theirs. The loss itself is theirs term for term (their
 class-averaging weight count[y_j] - [y_j = y_i] is |A_{y_j}(i)|).
 
 How it meets the rest of a run:
@@ -50,7 +50,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-# The authors' CIFAR-scale choices: projection width and temperature (their BalSCL default).
+# The projection width of supervised contrastive learning on CIFAR (Khosla et al. 2020; BCL's ImageNet
+# runs project ResNet-50's 2048 features to 1024) and the temperature of BCL's loss as its authors
+# define it (their ImageNet runs pass 0.07).
 DEFAULT_DIM = 128
 DEFAULT_TEMPERATURE = 0.1
 

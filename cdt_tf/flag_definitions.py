@@ -228,7 +228,7 @@ def _define_objective_flags(define: dict) -> None:
         "Balanced contrastive learning (BCL, Zhu et al. 2022): add this weight times a class-averaged "
         "supervised-contrastive loss on a projection of the features, with the classifier's class "
         "weights as class centers, to --loss. Each batch then holds two augmented views of each image "
-        "(about twice the time a step). The heads are dropped after training. Not with MixUp/CutMix, "
+        "(twice the images a step). The heads are dropped after training. Not with MixUp/CutMix, "
         "SAM or --strategy=multi_worker. 0: off.",
     )
     define["float"](

@@ -76,7 +76,8 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "maxnorm": ("MaxNorm: each class weight vector of the classifier kept at norm <= 1", ("--max_norm=1.0",)),
     "bcl": (
         "balanced contrastive branch (BCL), weight 0.35 (the authors' released β beside CE weight 1), "
-        "T 0.1, 128-d projections; two views a step: about twice the time; not with mixup or cutmix",
+        "T 0.1, 128-d projections; two views of each image a step (twice the images); not with mixup "
+        "or cutmix",
         ("--contrastive_weight=0.35", "--contrastive_temperature=0.1", "--contrastive_dim=128"),
     ),
 }
