@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -96,13 +97,32 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return run_module("cdt_tf.main", *args, timeout=timeout)
 
 
+def digits_run(model_dir, *args: str) -> tuple[dict, list[dict]]:
+    """A DIGITS_SMOKE run with ARGS into model_dir, which must succeed: (results.json, metrics.jsonl's
+    epochs)."""
+    result = run_cli(*DIGITS_SMOKE, *args, f"--model_dir={model_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return results, [json.loads(line) for line in f]
+
+
 @pytest.fixture
 def cli():
     return run_cli
 
 
 # Calls that make a test end-to-end: it starts a command line, or trains a run in-process.
-_E2E_CALLS = ("run_cli(", "run_module(", "run_command(", "cli(", "subprocess.", "train_and_evaluate(")
+_E2E_CALLS = (
+    "run_cli(",
+    "run_module(",
+    "run_command(",
+    "cli(",
+    "digits_run(",
+    "subprocess.",
+    "train_and_evaluate(",
+)
 
 
 def _source(function) -> str:

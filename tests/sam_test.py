@@ -12,7 +12,7 @@ import pytest
 
 from cdt_tf import class_stats, max_norm, models, sam
 from cdt_tf.optimizers import CoupledDecaySGD
-from conftest import DIGITS_SMOKE, TWO_LOGICAL_CPUS, run_command
+from conftest import TWO_LOGICAL_CPUS, digits_run, run_command
 
 RHO, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY = 0.5, 0.1, 0.9, 0.01
 NUM_FEATURES, NUM_CLASSES = 4, 3
@@ -255,20 +255,11 @@ def test_max_norm_refuses_the_cosine_classifier():
 # ----------------------------------------------------------------------------- End to end
 
 
-def test_digits_run_with_imbsam_and_max_norm(cli, tmp_path):
+def test_digits_run_with_imbsam_and_max_norm(tmp_path):
     model_dir = tmp_path / "run"
-    result = cli(
-        *DIGITS_SMOKE,
-        "--sam_rho=0.05",
-        "--sam_classes=tail",
-        "--sam_tail_threshold=50",
-        "--max_norm=1.0",
-        f"--model_dir={model_dir}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.load(open(model_dir / "results.json"))
+    flags = ("--sam_rho=0.05", "--sam_classes=tail", "--sam_tail_threshold=50", "--max_norm=1.0")
+    results, epochs = digits_run(model_dir, *flags)
     assert results["config"]["sam_rho"] == 0.05 and 0.0 <= results["top1"] <= 1.0
-    epochs = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
     assert len(epochs) == 2 and all(np.isfinite(e["loss"]) for e in epochs)
     model = keras.models.load_model(model_dir / "model.keras")
     assert type(model) is not sam.SharpnessAwareModel  # model.keras holds the ordinary network.
