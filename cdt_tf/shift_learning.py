@@ -69,10 +69,17 @@ def pad_crop_flip_batches(config, data, sampler: str = "class_balanced"):
     """The classifier data's training stream of (uint8 images [B, ...], int64 labels [B]), repeated.
 
     --sampler's batches of config.batch_size with --augmentation's pad-crop-flip only: no MixUp,
-    CutMix, RandAugment or Cutout (MiSLAS's stage 2 and batch-norm re-estimation use plain batches).
+    CutMix, RandAugment or Cutout, one view of each image (MiSLAS's stage 2 and batch-norm
+    re-estimation use plain batches).
     """
     plain = dataclasses.replace(
-        config, sampler=sampler, mixup_alpha=0.0, cutmix_alpha=0.0, randaugment_magnitude=0.0, cutout=0
+        config,
+        sampler=sampler,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        randaugment_magnitude=0.0,
+        cutout=0,
+        contrastive_weight=0.0,
     )
     return data.train_dataset(plain).repeat()
 

@@ -12,11 +12,15 @@ import pytest
 import tensorflow as tf
 
 from cdt_tf import config as config_lib
-from cdt_tf import contrastive, input_pipeline
+from cdt_tf import contrastive, input_pipeline, run_data, shift_learning
 from cdt_tf.errors import UserError
 from conftest import digits_run
 
 RNG = np.random.default_rng(0)
+
+
+def _config(**overrides):
+    return config_lib.Config(dataset="digits", model_dir="/tmp/run", **overrides)
 
 
 def _normalised(shape):
@@ -106,6 +110,18 @@ def test_file_pipeline_reads_each_view(tmp_path):
     np.testing.assert_array_equal(y.numpy()[0::2], y.numpy()[1::2])
 
 
+def test_the_second_stages_take_one_view_of_each_image():
+    """A contrastive run's classifier retraining and batch-norm passes read plain batches."""
+    config = dataclasses.replace(
+        _config(), contrastive_weight=0.35, augmentation="crop_flip", batch_size=16, steps_per_epoch=1
+    ).validate()
+    data = run_data.load(config)
+    images, labels = next(iter(shift_learning.pad_crop_flip_batches(config, data)))
+    assert images.shape[0] == 16 and labels.shape == (16,)
+    training, _ = next(iter(data.train_dataset(config)))
+    assert training.shape[0] == 32  # The run's own batches: both views.
+
+
 # ----------------------------------------------------------------------------- the model
 
 NUM_FEATURES, NUM_CLASSES, WEIGHT, TEMPERATURE = 6, 3, 0.5, 0.2
@@ -178,10 +194,6 @@ def test_resume_restores_the_heads_too(tmp_path):
 
 
 # ----------------------------------------------------------------------------- flags and a run
-
-
-def _config(**overrides):
-    return config_lib.Config(dataset="digits", model_dir="/tmp/run", **overrides)
 
 
 @pytest.mark.parametrize(
