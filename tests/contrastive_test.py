@@ -159,7 +159,7 @@ def test_a_step_minimises_the_classifier_loss_plus_the_weighted_contrastive_loss
     np.testing.assert_allclose(history["contrastive_loss"][0], expected_bcl, rtol=1e-5)
     np.testing.assert_allclose(history["loss"][0], expected_cls + WEIGHT * expected_bcl, rtol=1e-5)
     after = model.projection.weights + model.center_projection.weights
-    trainable = [not np.array_equal(a, w.numpy()) for a, w, in zip(heads, after) if w.trainable]
+    trainable = [not np.array_equal(a, w.numpy()) for a, w in zip(heads, after, strict=True) if w.trainable]
     assert all(trainable)  # Both heads (centers included) get gradients.
 
 
