@@ -14,24 +14,9 @@
 # returns at once, an unfinished one resumes from its last finished epoch. One run at a time is the
 # fastest use of 2 cores. Then, for each: python tools/collect_run.py --run=~/cdt-runs/<name>
 # (seed 0 with --export: the SavedModel serves the logit-adjusted prediction).
-set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
-# Absolute: a resumed run must be given the same --data_dir it started with (config.json records it).
-DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
+source experiments/queue.sh
 VAL_PER_CLASS="${VAL_PER_CLASS:-250}"
-mkdir -p "$RUNS_DIR"
-train() {  # train <flagfile name> <run name> <flags...>
-  local flagfile="$1" name="$2"
-  shift 2
-  echo "== $(date -u +%FT%TZ) $name ($*)"
-  "$PYTHON" -m cdt_tf.main --flagfile="flags/$flagfile.cfg" --data_dir="$DATA_DIR" "$@" \
-    --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
-}
-seeded() {  # seeded <flagfile name> <seed>: the run's name, <flagfile name> for seed 0, else _seed<seed> added
-  if [ "$2" = 0 ]; then echo "$1"; else echo "$1_seed$2"; fi
-}
 # The baseline CDT+ is measured against: the paper's CDT recipe at the same padding and precision, the
 # same seeds (seed 0 is the reference-parity queue's cifar10_lt100_cdt; it returns at once if finished).
 for seed in ${SEEDS:-0 1}; do

@@ -13,22 +13,16 @@
 # Start it again after a session ends: a finished run returns at once, an unfinished one resumes from
 # its last finished epoch. The ladder's table: python experiments/cdt_plus_ladder.py
 # --runs_dir=~/cdt-runs/cdt_plus_ladder --seeds=0,1 --rungs=$RUNGS --norun.
-set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
+source experiments/queue.sh
 LADDER_DIR="${LADDER_DIR:-$RUNS_DIR/cdt_plus_ladder}"
-# Absolute: a resumed run must be given the same --data_dir it started with (config.json records it).
-DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
 # The current recipe's rung and CDT first (the comparisons), then one lever each (cdt_plus_ladder.py's
 # LEVERS): the logit-adjusted loss with and without CDT's temperatures, the mixup-to-plain ramp, ImbSAM,
 # weight balancing, and the balanced contrastive branch (beside CDT, and as its authors train it).
 RUNGS="${RUNGS:-cdt,mixup+mixoff,mixup+mixoff+prior,mixup+mixoff+prior+gamma0,mixup+mixramp,bcl,bcl+prior+gamma0,mixup+mixoff+imbsam,mixup+mixoff+maxnorm+wd5e-4}"
 mkdir -p "$LADDER_DIR"
 
-echo "== $(date -u +%FT%TZ) cifar10_lt100_cdt_seed1"
-"$PYTHON" -m cdt_tf.main --flagfile=flags/cifar10_lt100_cdt.cfg --data_dir="$DATA_DIR" --seed=1 \
-  --model_dir="$RUNS_DIR/cifar10_lt100_cdt_seed1" || echo "== cifar10_lt100_cdt_seed1 failed ($?)"
+train cifar10_lt100_cdt "$(seeded cifar10_lt100_cdt 1)" --seed=1
 
 for committed in results/cdt_plus_ladder/*/; do
   rung="$(basename "$committed")"

@@ -8,16 +8,9 @@
 # the fastest use of 2 cores. Then: python tools/collect_run.py --run=~/cdt-runs/<name> [--export].
 # --conv_padding=same: the CDT and ERM runs started before symmetric padding became the default (their
 # config.json has no conv_padding, so they resume only with "same"); the rest of the row matches them.
-set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
-# Absolute: a resumed run must be given the same --data_dir it started with (config.json records it).
-DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
-mkdir -p "$RUNS_DIR"
+source experiments/queue.sh
 for name in ${RUNS:-cifar10_lt100_cdt cifar10_lt100_ce cifar10_lt100_ldam_drw cifar10_lt100_resample}; do
-  echo "== $(date -u +%FT%TZ) $name"
-  "$PYTHON" -m cdt_tf.main --flagfile="flags/$name.cfg" --data_dir="$DATA_DIR" \
-    --precision=mixed_bfloat16 --conv_padding=same --model_dir="$RUNS_DIR/$name" || echo "== $name failed ($?)"
+  train "$name" "$name" --precision=mixed_bfloat16 --conv_padding=same
 done
 echo "== $(date -u +%FT%TZ) done"

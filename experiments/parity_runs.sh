@@ -14,18 +14,11 @@
 # float32); the reference trains in float32. Then, for each: python tools/collect_run.py
 # --run=~/cdt-runs/<name> (the reference's: cp ~/cdt-runs/reference_<name>/{config,results}.json and
 # metrics.jsonl to results/reference_<name>/).
-set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-.venv/bin/python}"
-RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
+source experiments/queue.sh
 REFERENCE_DIR="${REFERENCE_DIR:-$HOME/ref/LDAM-DRW}"
-# Absolute: a resumed run must be given the same --data_dir it started with (config.json records it).
-DATA_DIR="$(realpath "${DATA_DIR:-../shared/data/cifar10-jpeg}")"
-mkdir -p "$RUNS_DIR"
-project() {  # project <flagfile name>
-  echo "== $(date -u +%FT%TZ) $1"
-  "$PYTHON" -m cdt_tf.main --flagfile="flags/$1.cfg" --data_dir="$DATA_DIR" --model_dir="$RUNS_DIR/$1" \
-    || echo "== $1 failed ($?)"
+project() {  # project <flagfile name>: the project's run of a flagfile, named after it
+  train "$1" "$1"
 }
 reference() {  # reference <flagfile name of the project run it pairs with> [--gamma=G]
   local name="$1"
