@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from conftest import REPO_ROOT, flagfile_config, run_command, subprocess_env
+from conftest import REPO_ROOT, flagfile_config, recording_python, run_command, subprocess_env
 
 LADDER = os.path.join(REPO_ROOT, "experiments", "cdt_plus_ladder.py")
 
@@ -272,23 +272,10 @@ def test_the_cdt_plus_prediction_is_the_best_rule_on_the_selection_runs_validati
     assert f"tau = {post_hoc['logit_adjustment']['tau']:g} chosen on the validation split" in header
 
 
-def _recording_python(tmp_path, fail: str = ""):
-    """(a stand-in Python that appends its arguments to a log, one JSON line each, and exits 3 when its
-    last argument ends with `fail`, else 0; the log)."""
-    log, fake = tmp_path / "commands.jsonl", tmp_path / "fake_python"
-    fake.write_text(
-        f"#!{sys.executable}\nimport json, sys\n"
-        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-        f"sys.exit(3 if {fail!r} and sys.argv[-1].endswith({fail!r}) else 0)\n"
-    )
-    fake.chmod(0o755)
-    return fake, log
-
-
 def test_cdt_plus_runs_trains_the_cdt_baseline_then_the_selection_run_then_each_seed_apart(tmp_path):
     # experiments/cdt_plus_runs.sh with a stand-in Python that records each command (one JSON line each);
     # the first seed "fails", and the script goes on to the next as long_runs.sh does.
-    fake, log = _recording_python(tmp_path, fail="/cifar10_lt100_cdt_plus")
+    fake, log = recording_python(tmp_path, fail="/cifar10_lt100_cdt_plus")
     data = tmp_path / "data"
     data.mkdir()
     runs = tmp_path / "runs"
@@ -321,7 +308,7 @@ def test_cdt_plus_runs_trains_the_cdt_baseline_then_the_selection_run_then_each_
 
 
 def test_cdt_plus_v2_runs_trains_cdt_seed_1_then_the_two_seed_ladder_over_the_committed_rungs(tmp_path):
-    fake, log = _recording_python(tmp_path)
+    fake, log = recording_python(tmp_path)
     data, runs = tmp_path / "data", tmp_path / "runs"
     data.mkdir()
     (runs / "cdt_plus_ladder" / "cdt").mkdir(parents=True)  # A rung already here stays as it is.

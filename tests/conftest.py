@@ -97,6 +97,19 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return run_module("cdt_tf.main", *args, timeout=timeout)
 
 
+def recording_python(tmp_path, fail: str = ""):
+    """(a stand-in Python that appends its arguments to a log, one JSON line each, and exits 3 when its
+    last argument ends with `fail`, else 0; the log)."""
+    log, fake = tmp_path / "commands.jsonl", tmp_path / "fake_python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        f"sys.exit(3 if {fail!r} and sys.argv[-1].endswith({fail!r}) else 0)\n"
+    )
+    fake.chmod(0o755)
+    return fake, log
+
+
 def digits_run(model_dir, *args: str) -> tuple[dict, list[dict]]:
     """A DIGITS_SMOKE run with ARGS into model_dir, which must succeed: (results.json, metrics.jsonl's
     epochs)."""

@@ -14,7 +14,7 @@ from absl import flags
 
 from cdt_tf import class_stats, datasets, rundir
 from cdt_tf.errors import UserError
-from conftest import REPO_ROOT, load_tool, run_command, subprocess_env
+from conftest import REPO_ROOT, load_tool, recording_python, run_command, subprocess_env
 
 TOOL = os.path.join(REPO_ROOT, "tools", "reference_parity.py")
 HAS_TORCH = (
@@ -358,3 +358,72 @@ def test_cdt_divides_the_logits_in_the_references_loss():
     log_softmax = scaled - np.log(np.exp(scaled).sum(1, keepdims=True))
     expected = -log_softmax[[0, 1], [0, 2]].mean()
     assert nn.CrossEntropyLoss()(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def _parity_queue(tmp_path, cpuinfo: str):
+    """experiments/parity_runs.sh with a stand-in Python, a CPU described by `cpuinfo`, and a results
+    folder holding the ρ = 100 ERM pair and the ρ = 200 ERM run (committed), but no run directories, as
+    on a machine handed on without them: (the commands it ran, stdout, the runs and results folders)."""
+    fake, log = recording_python(tmp_path)
+    data, runs, results = tmp_path / "data", tmp_path / "runs", tmp_path / "results"
+    data.mkdir()
+    for name in ("cifar10_lt100_ce", "reference_cifar10_lt100_ce", "cifar10_lt200_ce"):
+        (results / name).mkdir(parents=True)
+        (results / name / "results.json").write_text("{}")
+    (tmp_path / "cpuinfo").write_text(f"flags\t\t: fpu avx2 {cpuinfo}\n")
+    env = dict(
+        subprocess_env(),
+        PYTHON=str(fake),
+        RUNS_DIR=str(runs),
+        DATA_DIR=str(data),
+        RESULTS_DIR=str(results),
+        CPUINFO=str(tmp_path / "cpuinfo"),
+    )
+    result = run_command(
+        "bash", os.path.join(REPO_ROOT, "experiments", "parity_runs.sh"), env=env, timeout=60
+    )
+    assert result.returncode == 0 and "failed" not in result.stdout, result.stdout + result.stderr
+    return [json.loads(line) for line in log.read_text().splitlines()], result.stdout, runs, results
+
+
+def _queued(commands, runs) -> list[str]:
+    """The run directories the commands train into, in order."""
+    return [
+        os.path.relpath(arg.split("=", 1)[1], runs)
+        for c in commands
+        for arg in c
+        if arg.startswith("--model_dir=")
+    ]
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_parity_queue_skips_committed_runs_and_orders_the_rest_for_the_cpu(tmp_path, bf16):
+    commands, stdout, runs, results = _parity_queue(tmp_path, "avx512_bf16 amx_tile" if bf16 else "avx512f")
+    for name in ("cifar10_lt100_ce", "reference_cifar10_lt100_ce", "cifar10_lt200_ce"):
+        assert f"== {name}: committed under {results / name}, skipped" in stdout, stdout
+    rest = ["cifar10_lt200_cdt", "cifar10_lt10_ce", "cifar10_lt10_cdt"]
+    one_session = ["cifar10_lt100_ldam_drw", "cifar10_lt100_resample"]
+    reference = ["reference_cifar10_lt100_cdt"]
+    if bf16:  # The project's cells in bf16 first; the reference (float32 on any CPU) last.
+        expected = ["cifar10_lt100_cdt"] + rest + one_session + reference
+    else:  # Float32 everywhere: the runs that fit one session first.
+        expected = ["cifar10_lt100_cdt"] + one_session + reference + rest
+    assert _queued(commands, runs) == expected
+    # With its project run gone, the reference's CDT reads the committed copy of the same subset.
+    (reference_cdt,) = [c for c in commands if c[0] == "tools/reference_parity.py"]
+    assert f"--subset_from={results / 'reference_cifar10_lt100_ce' / 'subset.json'}" in reference_cdt
+    assert reference_cdt[-1] == "--gamma=0.3"
+    # Each project run is its flagfile, into the run directory of the same name.
+    for command in commands:
+        if command[:2] == ["-m", "cdt_tf.main"]:
+            name = _queued([command], runs)[0]
+            assert command[2] == f"--flagfile=flags/{name}.cfg" and os.path.exists(
+                os.path.join(REPO_ROOT, "flags", f"{name}.cfg")
+            )
+
+
+def test_the_parity_queues_reference_reads_the_project_runs_subset_while_it_is_here(tmp_path):
+    (tmp_path / "runs" / "cifar10_lt100_cdt").mkdir(parents=True)
+    commands, _, runs, _ = _parity_queue(tmp_path, "")
+    (reference_cdt,) = [c for c in commands if c[0] == "tools/reference_parity.py"]
+    assert f"--subset_from={runs / 'cifar10_lt100_cdt'}" in reference_cdt
