@@ -44,8 +44,12 @@ def fault_point(site: str) -> None:
         if name == site and int(count) == _fault_counts[site]:
             if action == "ENOSPC":
                 raise OSError(errno.ENOSPC, "No space left on device (injected)", site)
-            os.kill(os.getpid(), signal.SIGKILL if action == "KILL" else signal.SIGINT)
-            time.sleep(5)  # The signal arrives: SIGINT raises KeyboardInterrupt here.
+            if action == "KILL":
+                os.kill(os.getpid(), signal.SIGKILL)
+            else:  # To this thread, not the process: a SIGINT the kernel hands to one of TensorFlow's
+                # threads reaches the interpreter only later, wherever the main thread then is.
+                signal.raise_signal(signal.SIGINT)
+            time.sleep(5)  # The signal has arrived: SIGINT raises KeyboardInterrupt by now.
 
 
 def sync_directory(path: str) -> None:
