@@ -13,16 +13,25 @@
 # Start it again after a session ends: a finished run returns at once, an unfinished one resumes from
 # its last finished epoch. The ladder's table: python experiments/cdt_plus_ladder.py
 # --runs_dir=~/cdt-runs/cdt_plus_ladder --seeds=0,1 --rungs=$RUNGS --norun.
+#
+# Every run of it is bf16 (PRECISION, default mixed_bfloat16), as the committed CDT+ runs and seed-0
+# rungs are; on a CPU without native bf16, where bf16 crawls, it stops at once unless PRECISION is set
+# (PRECISION=float32: the whole queue in float32, which BENCHMARKS must then say).
 cd "$(dirname "$0")/.."
 source experiments/queue.sh
 LADDER_DIR="${LADDER_DIR:-$RUNS_DIR/cdt_plus_ladder}"
+if [ -z "${PRECISION:-}" ] && ! has_bf16; then
+  echo "cdt_plus_v2_runs.sh: this CPU has no native bf16, and the CDT+ runs are bf16 (they would crawl here): start it on a CPU with bf16, or set PRECISION=float32 for a float32 queue" >&2
+  exit 2
+fi
+PRECISION="${PRECISION:-mixed_bfloat16}"
 # The current recipe's rung and CDT first (the comparisons), then one lever each (cdt_plus_ladder.py's
 # LEVERS): the logit-adjusted loss with and without CDT's temperatures, the mixup-to-plain ramp, ImbSAM,
 # weight balancing, and the balanced contrastive branch (beside CDT, and as its authors train it).
 RUNGS="${RUNGS:-cdt,mixup+mixoff,mixup+mixoff+prior,mixup+mixoff+prior+gamma0,mixup+mixramp,bcl,bcl+prior+gamma0,mixup+mixoff+imbsam,mixup+mixoff+maxnorm+wd5e-4}"
 mkdir -p "$LADDER_DIR"
 
-train cifar10_lt100_cdt "$(seeded cifar10_lt100_cdt 1)" --seed=1
+train cifar10_lt100_cdt "$(seeded cifar10_lt100_cdt 1)" --seed=1 --precision="$PRECISION"
 
 for committed in results/cdt_plus_ladder/*/; do
   rung="$(basename "$committed")"
@@ -30,5 +39,5 @@ for committed in results/cdt_plus_ladder/*/; do
 done
 echo "== $(date -u +%FT%TZ) ladder: $RUNGS"
 "$PYTHON" experiments/cdt_plus_ladder.py --runs_dir="$LADDER_DIR" --data_dir="$DATA_DIR" --seeds=0,1 \
-  --rungs="$RUNGS" || echo "== ladder failed ($?)"
+  --rungs="$RUNGS" --precision="$PRECISION" || echo "== ladder failed ($?)"
 echo "== $(date -u +%FT%TZ) done"

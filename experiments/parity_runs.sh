@@ -17,7 +17,7 @@
 cd "$(dirname "$0")/.."
 source experiments/queue.sh
 REFERENCE_DIR="${REFERENCE_DIR:-$HOME/ref/LDAM-DRW}"
-RESULTS_DIR="${RESULTS_DIR:-results}"  # The committed runs (tests point it elsewhere, and CPUINFO too).
+RESULTS_DIR="${RESULTS_DIR:-results}"  # The committed runs (the tests point it elsewhere).
 committed() {  # committed <run name>: true when $RESULTS_DIR/<run name>/ holds the run's results
   [ -f "$RESULTS_DIR/$1/results.json" ] && echo "== $1: committed under $RESULTS_DIR/$1, skipped"
 }
@@ -51,7 +51,7 @@ project cifar10_lt100_cdt
 # So a CPU with native bf16 goes to the project's cells first, and the reference's CDT waits for
 # whichever CPU comes next. Without bf16 (about 32 s an epoch at ρ = 100 in float32), the runs that fit
 # one session go first: a session's machine is not always handed on with its run directories.
-if grep -q -m1 -E 'amx_bf16|avx512_bf16' "${CPUINFO:-/proc/cpuinfo}" 2>/dev/null; then
+if has_bf16; then
   more_runs $LONGER_RUNS $ONE_SESSION_RUNS
   reference cifar10_lt100_cdt --gamma=0.3
 else

@@ -1,6 +1,7 @@
 # What every experiment queue shares (parity_runs.sh, long_runs.sh, cdt_plus_runs.sh,
 # cdt_plus_v2_runs.sh): sourced from the repository root, after `cd "$(dirname "$0")/.."`.
-# Environment: PYTHON (default .venv/bin/python), RUNS_DIR (~/cdt-runs), DATA_DIR (../shared/data/cifar10-jpeg).
+# Environment: PYTHON (default .venv/bin/python), RUNS_DIR (~/cdt-runs), DATA_DIR (../shared/data/cifar10-jpeg),
+# CPUINFO (/proc/cpuinfo; the tests describe a CPU with it).
 set -uo pipefail
 PYTHON="${PYTHON:-.venv/bin/python}"
 RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
@@ -18,4 +19,7 @@ train() {
 }
 seeded() {  # seeded <flagfile name> <seed>: the run's name, <flagfile name> for seed 0, else _seed<seed> added
   if [ "$2" = 0 ]; then echo "$1"; else echo "$1_seed$2"; fi
+}
+has_bf16() {  # true on a CPU with native bf16 (AMX or AVX512-BF16), where --precision=auto is bf16
+  grep -q -m1 -E 'amx_bf16|avx512_bf16' "${CPUINFO:-/proc/cpuinfo}" 2>/dev/null
 }
