@@ -10,10 +10,10 @@
 #
 # Start it again after a session ends (or a run is killed): a run committed under results/ is skipped, a
 # finished one returns at once, an unfinished one resumes from its last finished epoch, the rest start
-# in order. One run at a time is the fastest use of 2 cores. The project's runs use --precision=auto (bf16 on a CPU with bf16, else
-# float32); the reference trains in float32. Then, for each: python tools/collect_run.py
-# --run=~/cdt-runs/<name> (the reference's: cp ~/cdt-runs/reference_<name>/{config,results}.json and
-# metrics.jsonl to results/reference_<name>/).
+# in order. One run at a time is the fastest use of 2 cores. The project's runs use --precision=auto
+# (bf16 on a CPU with bf16, else float32); the reference trains in float32. Then, for each:
+# python tools/collect_run.py --run=~/cdt-runs/<name> (the reference's: cp
+# ~/cdt-runs/reference_<name>/{config,results}.json and metrics.jsonl to results/reference_<name>/).
 cd "$(dirname "$0")/.."
 source experiments/queue.sh
 REFERENCE_DIR="${REFERENCE_DIR:-$HOME/ref/LDAM-DRW}"
