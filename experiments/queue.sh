@@ -1,7 +1,7 @@
 # What every experiment queue shares (parity_runs.sh, long_runs.sh, cdt_plus_runs.sh,
 # cdt_plus_v2_runs.sh): sourced from the repository root, after `cd "$(dirname "$0")/.."`.
 # Environment: PYTHON (default .venv/bin/python), RUNS_DIR (~/cdt-runs), DATA_DIR (../shared/data/cifar10-jpeg),
-# CPUINFO (/proc/cpuinfo; the tests describe a CPU with it).
+# CDT_TF_CPU_BF16 (1 or 0: whether the CPU counts as having bf16, as for --precision=auto; BUILD.md).
 set -uo pipefail
 PYTHON="${PYTHON:-.venv/bin/python}"
 RUNS_DIR="${RUNS_DIR:-$HOME/cdt-runs}"
@@ -20,6 +20,12 @@ train() {
 seeded() {  # seeded <flagfile name> <seed>: the run's name, <flagfile name> for seed 0, else _seed<seed> added
   if [ "$2" = 0 ]; then echo "$1"; else echo "$1_seed$2"; fi
 }
-has_bf16() {  # true on a CPU with native bf16 (AMX or AVX512-BF16), where --precision=auto is bf16
-  grep -q -m1 -E 'amx_bf16|avx512_bf16' "${CPUINFO:-/proc/cpuinfo}" 2>/dev/null
+# has_bf16: true on a CPU with native bf16 (AMX or AVX512-BF16), where --precision=auto is bf16; as
+# distribution.cpu_supports_bfloat16, CDT_TF_CPU_BF16=1 or 0 decides instead of /proc/cpuinfo.
+has_bf16() {
+  case "${CDT_TF_CPU_BF16:-}" in
+    1) return 0 ;;
+    0) return 1 ;;
+  esac
+  grep -q -m1 -E 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null
 }

@@ -312,14 +312,13 @@ def test_cdt_plus_v2_runs_trains_cdt_seed_1_then_the_two_seed_ladder_over_the_co
     data, runs = tmp_path / "data", tmp_path / "runs"
     data.mkdir()
     (runs / "cdt_plus_ladder" / "cdt").mkdir(parents=True)  # A rung already here stays as it is.
-    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx512f avx512_bf16\n")
     env = dict(
         subprocess_env(),
         PYTHON=str(fake),
         RUNS_DIR=str(runs),
         DATA_DIR=str(data),
         RUNGS="cdt,bcl",
-        CPUINFO=str(tmp_path / "cpuinfo"),
+        CDT_TF_CPU_BF16="1",
     )
     script = os.path.join(REPO_ROOT, "experiments", "cdt_plus_v2_runs.sh")
     result = run_command("bash", script, env=env, timeout=60)
@@ -335,12 +334,11 @@ def test_cdt_plus_v2_runs_trains_cdt_seed_1_then_the_two_seed_ladder_over_the_co
     assert (ladder / "mixup+mixoff" / "results.json").exists() and not any((ladder / "cdt").iterdir())
 
     # A CPU without bf16: nothing runs, and the one line says what to do; PRECISION=float32 runs it all.
-    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx512f\n")
     log.unlink()
-    refused = run_command("bash", script, env=env, timeout=60)
+    refused = run_command("bash", script, env=dict(env, CDT_TF_CPU_BF16="0"), timeout=60)
     assert refused.returncode == 2 and not log.exists(), refused.stdout + refused.stderr
     assert "has no native bf16" in refused.stderr and "PRECISION=float32" in refused.stderr
-    result = run_command("bash", script, env=dict(env, PRECISION="float32"), timeout=60)
+    result = run_command("bash", script, env=dict(env, CDT_TF_CPU_BF16="0", PRECISION="float32"), timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     commands = [json.loads(line) for line in log.read_text().splitlines()]
     assert [c[-2] if c[0] == "-m" else c[-1] for c in commands] == ["--precision=float32"] * 2

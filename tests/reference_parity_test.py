@@ -360,8 +360,8 @@ def test_cdt_divides_the_logits_in_the_references_loss():
     assert nn.CrossEntropyLoss()(logits, target).item() == pytest.approx(expected, rel=1e-6)
 
 
-def _parity_queue(tmp_path, cpuinfo: str):
-    """experiments/parity_runs.sh with a stand-in Python, a CPU described by `cpuinfo`, and a results
+def _parity_queue(tmp_path, bf16: bool):
+    """experiments/parity_runs.sh with a stand-in Python, a CPU with or without bf16, and a results
     folder holding the ρ = 100 ERM pair and the ρ = 200 ERM run (committed), but no run directories, as
     on a machine handed on without them: (the commands it ran, stdout, the runs and results folders)."""
     fake, log = recording_python(tmp_path)
@@ -370,14 +370,13 @@ def _parity_queue(tmp_path, cpuinfo: str):
     for name in ("cifar10_lt100_ce", "reference_cifar10_lt100_ce", "cifar10_lt200_ce"):
         (results / name).mkdir(parents=True)
         (results / name / "results.json").write_text("{}")
-    (tmp_path / "cpuinfo").write_text(f"flags\t\t: fpu avx2 {cpuinfo}\n")
     env = dict(
         subprocess_env(),
         PYTHON=str(fake),
         RUNS_DIR=str(runs),
         DATA_DIR=str(data),
         RESULTS_DIR=str(results),
-        CPUINFO=str(tmp_path / "cpuinfo"),
+        CDT_TF_CPU_BF16="1" if bf16 else "0",
     )
     result = run_command(
         "bash", os.path.join(REPO_ROOT, "experiments", "parity_runs.sh"), env=env, timeout=60
@@ -398,7 +397,7 @@ def _queued(commands, runs) -> list[str]:
 
 @pytest.mark.parametrize("bf16", [True, False])
 def test_the_parity_queue_skips_committed_runs_and_orders_the_rest_for_the_cpu(tmp_path, bf16):
-    commands, stdout, runs, results = _parity_queue(tmp_path, "avx512_bf16 amx_tile" if bf16 else "avx512f")
+    commands, stdout, runs, results = _parity_queue(tmp_path, bf16)
     for name in ("cifar10_lt100_ce", "reference_cifar10_lt100_ce", "cifar10_lt200_ce"):
         assert f"== {name}: committed under {results / name}, skipped" in stdout, stdout
     rest = ["cifar10_lt200_cdt", "cifar10_lt10_ce", "cifar10_lt10_cdt"]
@@ -424,6 +423,6 @@ def test_the_parity_queue_skips_committed_runs_and_orders_the_rest_for_the_cpu(t
 
 def test_the_parity_queues_reference_reads_the_project_runs_subset_while_it_is_here(tmp_path):
     (tmp_path / "runs" / "cifar10_lt100_cdt").mkdir(parents=True)
-    commands, _, runs, _ = _parity_queue(tmp_path, "")
+    commands, _, runs, _ = _parity_queue(tmp_path, bf16=False)
     (reference_cdt,) = [c for c in commands if c[0] == "tools/reference_parity.py"]
     assert f"--subset_from={runs / 'cifar10_lt100_cdt'}" in reference_cdt
