@@ -6,6 +6,7 @@ import importlib.util
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_JPEG = os.path.join(REPO_ROOT, "..", "shared", "data", "cifar10-jpeg")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pytest-xdist's workers (the suite runs with -n 2) ignore SIGINT, and an ignored signal stays ignored in
+# every command they start: give Ctrl-C back its default so that the commands a test starts (the
+# faults test's SIGINT) see it as a user's commands do.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # A two-step CDT training run on digits: the fastest real run of the CLI.
 DIGITS_SMOKE = (
