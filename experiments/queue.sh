@@ -21,11 +21,18 @@ seeded() {  # seeded <flagfile name> <seed>: the run's name, <flagfile name> for
   if [ "$2" = 0 ]; then echo "$1"; else echo "$1_seed$2"; fi
 }
 # has_bf16: true on a CPU with native bf16 (AMX or AVX512-BF16), where --precision=auto is bf16; as
-# distribution.cpu_supports_bfloat16, CDT_TF_CPU_BF16=1 or 0 decides instead of /proc/cpuinfo.
+# distribution.cpu_supports_bfloat16, CDT_TF_CPU_BF16=1 or 0 decides instead of /proc/cpuinfo (blanks
+# around it ignored), and any other value stops the queue with the same one-line error.
 has_bf16() {
-  case "${CDT_TF_CPU_BF16:-}" in
+  local forced
+  forced="$(printf '%s' "${CDT_TF_CPU_BF16:-}" | tr -d '[:space:]')"
+  case "$forced" in
     1) return 0 ;;
     0) return 1 ;;
+    "") grep -q -m1 -E 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null ;;
+    *)
+      echo "CDT_TF_CPU_BF16 must be 1, 0 or unset (read /proc/cpuinfo), got '$CDT_TF_CPU_BF16'" >&2
+      exit 2
+      ;;
   esac
-  grep -q -m1 -E 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null
 }

@@ -343,6 +343,14 @@ def test_cdt_plus_v2_runs_trains_cdt_seed_1_then_the_two_seed_ladder_over_the_co
     commands = [json.loads(line) for line in log.read_text().splitlines()]
     assert [c[-2] if c[0] == "-m" else c[-1] for c in commands] == ["--precision=float32"] * 2
 
+    # CDT_TF_CPU_BF16 is read as cdt_tf.distribution reads it: blanks ignored, any value but 1 or 0 refused.
+    log.unlink()
+    refused = run_command("bash", script, env=dict(env, CDT_TF_CPU_BF16="yes"), timeout=60)
+    assert refused.returncode == 2 and not log.exists(), refused.stdout + refused.stderr
+    assert "CDT_TF_CPU_BF16 must be 1, 0 or unset" in refused.stderr and "'yes'" in refused.stderr
+    refused = run_command("bash", script, env=dict(env, CDT_TF_CPU_BF16=" 0\n"), timeout=60)
+    assert refused.returncode == 2 and "has no native bf16" in refused.stderr, refused.stderr
+
 
 CDT_PLUS_RUNS = {0: "cifar10_lt100_cdt_plus", 1: "cifar10_lt100_cdt_plus_seed1"}
 
